@@ -1,0 +1,277 @@
+"""What a test gets back from the ``vitattn`` fixture: CLS attention it can slice and check.
+
+``CLSAttention`` holds one image's maps for every layer and head. Slicing gives a
+``LayerAttention`` (one layer, all heads) and then an ``AttentionMap`` (one map), whose
+methods return plain numbers for ``assert``; ``expect`` returns checks with rich failure
+messages (see ``expect``). Every number computed is added to the image's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pytest_vitattn import metrics
+from pytest_vitattn.errors import AttentionValueError, MaskError
+from pytest_vitattn.images import label_of, load_mask
+from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, upsample
+from pytest_vitattn.preprocess import Geometry, Preprocessing
+from pytest_vitattn.records import AttentionRecord, CheckResult, MaskRecord
+
+
+@dataclass(frozen=True)
+class ResolvedMask:
+    """A mask brought to the patch grid.
+
+    Attributes:
+        label: file name or position.
+        grid: (grid_h, grid_w) float32 area fraction per patch.
+    """
+
+    label: str
+    grid: torch.Tensor
+
+
+class CLSAttention:
+    """CLS attention of one image: every layer and head, on the patch grid.
+
+    Attributes:
+        maps: (L, H, grid_h, grid_w) float32, each map sums to 1 over patch tokens (the
+            prefix tokens' columns are dropped and the row renormalised).
+        rollout_maps: (L, grid_h, grid_w) float32 attention rollout after each layer, or None.
+        prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens.
+        record: the record every check on this image is added to.
+    """
+
+    def __init__(
+        self,
+        maps: torch.Tensor,
+        rollout_maps: torch.Tensor | None,
+        prefix_share: torch.Tensor,
+        *,
+        geometry: Geometry,
+        preprocessing: Preprocessing,
+        record: AttentionRecord,
+        report_hint: Callable[[AttentionRecord], str] | None = None,
+    ) -> None:
+        self.maps = maps
+        self.rollout_maps = rollout_maps
+        self.prefix_share = prefix_share
+        self.geometry = geometry
+        self.preprocessing = preprocessing
+        self.record = record
+        self._report_hint = report_hint
+        self._masks: dict[Any, ResolvedMask] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.maps.shape[1])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.maps.shape[-2]), int(self.maps.shape[-1])
+
+    @property
+    def image_label(self) -> str:
+        return self.record.image_label
+
+    @property
+    def model_name(self) -> str:
+        return str(self.record.model["name"])
+
+    def __repr__(self) -> str:
+        return (
+            f"CLSAttention({self.image_label!r}, model={self.model_name!r}, "
+            f"layers={self.num_layers}, heads={self.num_heads}, grid={self.grid})"
+        )
+
+    def layer(self, index: int) -> LayerAttention:
+        """One layer's maps, all heads; negative indices count from the last layer."""
+        resolved = _resolve_index(index, self.num_layers, "layer")
+        label = f"layer {resolved} of 0..{self.num_layers - 1}"
+        return LayerAttention(self, self.maps[resolved], label)
+
+    def rollout(self, layer: int = -1) -> AttentionMap:
+        """Attention rollout up to ``layer`` (Abnar & Zuidema 2020), on the patch grid."""
+        if self.rollout_maps is None:
+            raise AttentionValueError(
+                "attention rollout was not computed for this probe; call the fixture with "
+                "rollout='mean' (or 'max'/'min')"
+            )
+        resolved = _resolve_index(layer, self.num_layers, "layer")
+        return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")
+
+    def select(
+        self, layer: int = -1, head: int | None = None, fusion: str = "mean", rollout: bool = False
+    ) -> AttentionMap:
+        """One map: a layer's head (``head=``), its fused heads (``fusion=``), or rollout."""
+        if rollout:
+            return self.rollout(layer)
+        selected = self.layer(layer)
+        return selected.head(head) if head is not None else selected.fuse(fusion)
+
+    def expect(
+        self, layer: int = -1, head: int | None = None, fusion: str = "mean", rollout: bool = False
+    ) -> Any:
+        """Checks on one map, with failure messages that show the numbers.
+
+        Example: ``attn.expect(layer=-1).mass_in(mask, at_least=0.6)``.
+        """
+        return self.select(layer, head, fusion, rollout).expect()
+
+    def mask(self, source: Any) -> ResolvedMask:
+        """Bring a mask given in original image space to the patch grid (cached per source)."""
+        key = (
+            str(source)
+            if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
+            else id(source)
+        )
+        if key in self._masks:
+            return self._masks[key]
+        try:
+            array = load_mask(source)
+            input_mask = self.preprocessing.mask_to_input(array, self.geometry)
+        except MaskError as error:
+            raise MaskError(f"{error} (mask for image {self.image_label})") from None
+        if not input_mask.any():
+            raise MaskError(
+                f"the mask {label_of(source, len(self._masks), 'mask')} for image {self.image_label} is "
+                "empty (no pixel set): attention on an empty region is undefined; check the "
+                "mask file or that it is not inverted"
+            )
+        grid = Preprocessing.mask_to_grid(input_mask, self.grid)
+        resolved = ResolvedMask(label_of(source, len(self._masks), "mask"), grid)
+        self._masks[key] = resolved
+        self.record.add_mask(MaskRecord(resolved.label, grid.numpy(), input_mask >= 0.5))
+        return resolved
+
+    def report_hint(self) -> str:
+        """Where this image's heatmaps are shown, for failure messages."""
+        if self._report_hint is None:
+            return "run pytest with --vitattn-report to see the heatmaps"
+        return self._report_hint(self.record)
+
+
+class LayerAttention:
+    """One layer's CLS attention maps, (H, grid_h, grid_w)."""
+
+    def __init__(self, parent: CLSAttention, maps: torch.Tensor, label: str) -> None:
+        self.parent = parent
+        self.maps = maps
+        self.label = label
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.maps.shape[0])
+
+    def head(self, index: int) -> AttentionMap:
+        resolved = _resolve_index(index, self.num_heads, "head")
+        return AttentionMap(self.parent, self.maps[resolved], f"{self.label}, head {resolved}")
+
+    def fuse(self, how: str = "mean") -> AttentionMap:
+        """Heads fused by "mean", "max" or "min" (max and min renormalised to sum to 1)."""
+        if how not in HEAD_FUSIONS:
+            raise ValueError(f"fusion {how!r} is not one of {', '.join(HEAD_FUSIONS)}")
+        fused = fuse_heads(self.maps, how, dim=0)
+        return AttentionMap(self.parent, fused, f"{self.label}, {how} of {self.num_heads} heads")
+
+    def mean_heads(self) -> AttentionMap:
+        return self.fuse("mean")
+
+    def max_heads(self) -> AttentionMap:
+        return self.fuse("max")
+
+    def min_heads(self) -> AttentionMap:
+        return self.fuse("min")
+
+
+class AttentionMap:
+    """One CLS attention map on the patch grid.
+
+    Attributes:
+        grid: (grid_h, grid_w) float32, sums to 1.
+        label: which layer/head/fusion it is, e.g. "layer 11 of 0..11, mean of 3 heads".
+    """
+
+    def __init__(self, parent: CLSAttention, grid: torch.Tensor, label: str) -> None:
+        self.parent = parent
+        self.grid = grid
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"AttentionMap({self.label!r}, grid={tuple(self.grid.shape)})"
+
+    def upsampled(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(height, width) float32 bilinear upsampling; default: the model input size."""
+        return upsample(self.grid, size or self.parent.preprocessing.input_size)
+
+    def mass_in(self, mask: Any) -> float:
+        """Share of this map's attention on the mask (Relevance Mass Accuracy)."""
+        resolved = self.parent.mask(mask)
+        value = metrics.mass_in_mask(self.grid, resolved.grid)
+        self._measured("mass_in_mask", value, resolved)
+        return value
+
+    def pointing_game(self, mask: Any) -> bool:
+        """Whether the most attended patch touches the mask."""
+        resolved = self.parent.mask(mask)
+        hit = metrics.pointing_game(self.grid, resolved.grid)
+        self._measured("pointing_game", float(hit), resolved)
+        return hit
+
+    def top_k_iou(self, mask: Any, k: float | None = None) -> float:
+        """IoU of the top ``k`` share of patches with the mask's patches (k=None: mask size)."""
+        resolved = self.parent.mask(mask)
+        value = metrics.top_k_iou(self.grid, resolved.grid, k)
+        self._measured("top_k_iou", value, resolved)
+        return value
+
+    def concentration(self) -> float:
+        """1 - normalised entropy: 0 for a uniform map, 1 for a single patch."""
+        value = metrics.concentration(self.grid)
+        self._measured("concentration", value, None)
+        return value
+
+    def normalized_entropy(self) -> float:
+        """Entropy over log(patches): 1 for a uniform map, 0 for a single patch."""
+        return metrics.normalized_entropy(self.grid)
+
+    def expect(self) -> Any:
+        """Checks on this map with rich failure messages (see ``pytest_vitattn.expect``)."""
+        from pytest_vitattn.expect import Expectation
+
+        return Expectation(self)
+
+    def _measured(self, name: str, value: float, mask: ResolvedMask | None) -> None:
+        chance = metrics.chance_level(mask.grid) if mask is not None else None
+        self.parent.record.checks.append(
+            CheckResult(
+                name=name,
+                value=value,
+                passed=None,
+                op="measured",
+                threshold=None,
+                chance=chance,
+                selection=self.label,
+                mask=mask.label if mask is not None else None,
+            )
+        )
+
+
+def _resolve_index(index: int, size: int, what: str) -> int:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"{what} index must be an int, got {type(index).__name__}")
+    if not -size <= index < size:
+        raise AttentionValueError(
+            f"{what} {index} is out of range: the model has {size} {what}s "
+            f"(0..{size - 1}, or -{size}..-1 from the end)"
+        )
+    return int(index) % size

@@ -1,0 +1,139 @@
+"""Checks on an attention map whose failures explain themselves.
+
+Each check computes its metric, adds a ``CheckResult`` to the image's record (so the
+report shows passing checks too), and raises ``AssertionError`` with the value, the
+threshold, the chance level, the selection, the model and where the heatmap is.
+``__tracebackhide__`` makes pytest point at the user's line, not at this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_vitattn import metrics
+from pytest_vitattn.attention import AttentionMap, ResolvedMask
+from pytest_vitattn.records import CheckResult
+
+_TITLES = {
+    "mass_in_mask": "CLS attention mass in mask",
+    "pointing_game": "pointing game",
+    "top_k_iou": "top-k IoU with mask",
+    "concentration": "attention concentration (1 - normalised entropy)",
+}
+
+
+class Expectation:
+    """Checks on one ``AttentionMap``; each returns the measured value when it holds."""
+
+    def __init__(self, attention_map: AttentionMap) -> None:
+        self.map = attention_map
+
+    def mass_in(self, mask: Any, at_least: float) -> float:
+        """The share of attention on ``mask`` is at least ``at_least``."""
+        __tracebackhide__ = True
+        _check_bound("at_least", at_least)
+        resolved = self.map.parent.mask(mask)
+        value = metrics.mass_in_mask(self.map.grid, resolved.grid)
+        return self._conclude("mass_in_mask", value, value >= at_least, ">=", at_least, resolved)
+
+    def pointing_game(self, mask: Any) -> bool:
+        """The most attended patch touches ``mask``."""
+        __tracebackhide__ = True
+        resolved = self.map.parent.mask(mask)
+        hit = metrics.pointing_game(self.map.grid, resolved.grid)
+        self._conclude("pointing_game", float(hit), hit, "hit", None, resolved)
+        return hit
+
+    def top_k_iou(self, mask: Any, at_least: float, k: float | None = None) -> float:
+        """The top ``k`` share of patches overlaps the mask's patches with IoU >= ``at_least``."""
+        __tracebackhide__ = True
+        _check_bound("at_least", at_least)
+        resolved = self.map.parent.mask(mask)
+        value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
+        return self._conclude("top_k_iou", value, value >= at_least, ">=", at_least, resolved)
+
+    def concentration(self, at_least: float | None = None, at_most: float | None = None) -> float:
+        """The map's concentration lies within the given bounds (both inclusive)."""
+        __tracebackhide__ = True
+        if at_least is None and at_most is None:
+            raise ValueError("concentration() needs at_least=, at_most=, or both")
+        for name, bound in (("at_least", at_least), ("at_most", at_most)):
+            if bound is not None:
+                _check_bound(name, bound)
+        value = metrics.concentration(self.map.grid)
+        too_low = at_least is not None and value < at_least
+        too_high = at_most is not None and value > at_most
+        # Report the bound that failed; when both hold, the lower one (or the only one).
+        op, threshold = ("<=", at_most) if too_high or at_least is None else (">=", at_least)
+        holds = not (too_low or too_high)
+        return self._conclude("concentration", value, holds, op, threshold, None)
+
+    def _conclude(
+        self,
+        name: str,
+        value: float,
+        holds: bool,
+        op: str,
+        threshold: float | None,
+        mask: ResolvedMask | None,
+    ) -> float:
+        __tracebackhide__ = True
+        chance = metrics.chance_level(mask.grid) if mask is not None else None
+        message = "" if holds else self._failure_message(name, value, op, threshold, chance, mask)
+        self.map.parent.record.checks.append(
+            CheckResult(
+                name=name,
+                value=float(value),
+                passed=bool(holds),
+                op=op,
+                threshold=threshold,
+                chance=chance,
+                selection=self.map.label,
+                mask=mask.label if mask is not None else None,
+                message=message,
+            )
+        )
+        if not holds:
+            raise AssertionError(message)
+        return value
+
+    def _failure_message(
+        self,
+        name: str,
+        value: float,
+        op: str,
+        threshold: float | None,
+        chance: float | None,
+        mask: ResolvedMask | None,
+    ) -> str:
+        parent = self.map.parent
+        if op == "hit":
+            peak = divmod(int(self.map.grid.argmax()), parent.grid[1])
+            headline = (
+                f"pointing game missed: the most attended patch (row {peak[0]}, col {peak[1]} "
+                f"of the {parent.grid[0]}x{parent.grid[1]} grid) does not touch the mask"
+            )
+        else:
+            headline = f"{_TITLES[name]} is {value:.3f}, expected {op} {threshold:.3f}"
+        lines = [headline]
+        if chance is not None:
+            ratio = f" (the value is {value / chance:.1f}x chance)" if chance > 0 else ""
+            lines.append(f"  chance level (mask area): {chance:.3f}{ratio}")
+        lines.append(f"  selection: {self.map.label}")
+        if mask is not None:
+            lines.append(f"  image: {parent.image_label}   mask: {mask.label}")
+        else:
+            lines.append(f"  image: {parent.image_label}")
+        model = parent.record.model
+        lines.append(
+            f"  model: {model['name']} (weights: {model['weights']}, {model['weights_id']})"
+        )
+        lines.append(f"  heatmap: {parent.report_hint()}")
+        return "\n".join(lines)
+
+
+def _check_bound(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r} must be in [0, 1]")

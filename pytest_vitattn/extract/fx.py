@@ -1,0 +1,85 @@
+"""The reference notebook's method: torch.fx feature extraction of the attention softmax.
+
+Fused attention is switched off only while the graph is traced (tracing bakes the
+non-fused branch into the graph), then restored, so the user's model is left as it was.
+timm's fx wrapper is used because it knows timm's modules that cannot be traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from pytest_vitattn.extract.anatomy import Anatomy, TokenLayout
+from pytest_vitattn.maps import rollout_step
+
+_EXTRACTORS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[str, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.contextmanager
+def fused_attention_disabled(model: nn.Module) -> Iterator[None]:
+    """Set ``fused_attn = False`` on every module that has the flag, and restore it."""
+    saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    try:
+        for module, _ in saved:
+            module.fused_attn = False
+        yield
+    finally:
+        for module, flag in saved:
+            module.fused_attn = flag
+
+
+def attention_extractor(model: nn.Module, anatomy: Anatomy) -> nn.Module:
+    """A traced graph module returning ``{fx_node: (B, H, N, N) softmax}`` for every site.
+
+    Cached per model: tracing costs more than a forward pass of a small model.
+    """
+    nodes = tuple(site.fx_node for site in anatomy.sites)
+    cached = _EXTRACTORS.get(model)
+    if cached is not None and cached[0] == nodes:
+        return cached[1]
+    from timm.models import create_feature_extractor
+
+    with fused_attention_disabled(model):
+        extractor = create_feature_extractor(model, return_nodes=list(nodes))
+    _EXTRACTORS[model] = (nodes, extractor)
+    return extractor
+
+
+def fx_cls_rows(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    anatomy: Anatomy,
+    layout: TokenLayout,
+    rollout_fusion: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Extract the query token's attention rows by materialising every softmax matrix.
+
+    Args:
+        pixels: (B, 3, height, width) normalised model input.
+        layout: token layout of this input; ``layout.query_index`` selects the row.
+        rollout_fusion: head fusion for attention rollout, or None to skip rollout.
+
+    Returns:
+        rows: (B, L, H, N) float32 softmax rows of the query token.
+        rollout: (B, L, N) float32 rollout rows of the query token after each layer, or None.
+    """
+    extractor = attention_extractor(model, anatomy)
+    with torch.inference_mode():
+        softmaxes = extractor(pixels)
+    rows, rollout_rows, running = [], [], None
+    for site in anatomy.sites:
+        attention = softmaxes.pop(site.fx_node)
+        rows.append(attention[:, :, layout.query_index, :].float().cpu())
+        if rollout_fusion is not None:
+            running = rollout_step(running, attention, rollout_fusion)
+            rollout_rows.append(running[:, layout.query_index, :].cpu())
+        del attention
+    stacked_rollout = torch.stack(rollout_rows, dim=1) if rollout_rows else None
+    return torch.stack(rows, dim=1), stacked_rollout

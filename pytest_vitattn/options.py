@@ -1,0 +1,209 @@
+"""The plugin's settings: one table that defines CLI options, ini keys and marker arguments.
+
+Values are checked where they are parsed (``argparse`` types for the CLI, the same parsers
+for ini values and marker arguments), so a wrong value fails with one clear sentence.
+Precedence: marker > command line > ini file > default. No torch or timm here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "vitattn_tiny_shapes"
+DEFAULT_REPORT = "vitattn-report/report.html"
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def parse_model(value: str) -> str:
+    value = value.strip()
+    if not _MODEL_NAME.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a timm model name (letters, digits, '_', '.', '-')"
+        )
+    return value
+
+
+def parse_weights(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise argparse.ArgumentTypeError("weights must be 'pretrained', 'random' or a file path")
+    return value
+
+
+def parse_device(value: str) -> str:
+    value = value.strip().lower()
+    if not _DEVICE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device (cpu, cuda, cuda:N, mps)")
+    return value
+
+
+def parse_rollout(value: str) -> str | None:
+    value = value.strip().lower()
+    if value == "none":
+        return None
+    return _choice("mean", "max", "min")(value)
+
+
+def parse_token(value: str | int) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("cls", "dist"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a query token: use 'cls', 'dist' or a prefix-token index"
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, available as ``--vitattn-<flag>``, ini ``vitattn_<key>`` and/or marker.
+
+    Attributes:
+        key: the name in the marker and in ``Settings``; ini key is ``vitattn_<key>``.
+        parse: turns a string (or marker value) into the value; raises ArgumentTypeError.
+        default: used when nothing sets it.
+        metavar: shown in ``pytest --help``.
+        help: one sentence.
+        in_marker: whether ``@pytest.mark.vitattn(key=...)`` may set it.
+        is_path: relative values are resolved against where they were written.
+    """
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    metavar: str
+    help: str
+    in_marker: bool = True
+    is_path: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--vitattn-" + self.key.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "vitattn_" + self.key
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "model",
+        parse_model,
+        DEFAULT_MODEL,
+        "NAME",
+        "timm model name to probe; default: the shipped vitattn_tiny_shapes.",
+    ),
+    Setting(
+        "weights",
+        parse_weights,
+        "pretrained",
+        "pretrained|random|PATH",
+        "'pretrained' (timm hub, or the shipped file), 'random' init, or a local "
+        "safetensors/torch weights file.",
+        is_path=True,
+    ),
+    Setting(
+        "device",
+        parse_device,
+        "cpu",
+        "DEVICE",
+        "where the model runs: cpu (default), cuda, cuda:N or mps.",
+        in_marker=False,
+    ),
+    Setting(
+        "preprocess",
+        _choice("resize", "center-crop"),
+        "resize",
+        "resize|center-crop",
+        "resize the whole image to the input size (as the reference notebook) or use "
+        "timm's resize + center crop; masks follow the same geometry.",
+    ),
+    Setting(
+        "extraction",
+        _choice("auto", "fast", "fx"),
+        "auto",
+        "auto|fast|fx",
+        "how attention is read: fast (fused forward, CLS rows from q and k), fx (the "
+        "notebook's torch.fx full matrices), or auto.",
+    ),
+    Setting(
+        "rollout",
+        parse_rollout,
+        "mean",
+        "mean|max|min|none",
+        "head fusion for attention rollout, or none to skip it (it costs a full "
+        "attention matrix per layer).",
+    ),
+    Setting(
+        "token",
+        parse_token,
+        "cls",
+        "cls|dist|INDEX",
+        "which prefix token's attention row to read (DeiT-distilled: 'dist').",
+    ),
+)
+
+SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def register(parser: Any) -> None:
+    """Add the options and ini keys to pytest's parser."""
+    group = parser.getgroup("vitattn", "Vision Transformer attention (pytest-vitattn)")
+    for setting in SETTINGS:
+        group.addoption(
+            setting.flag,
+            dest=f"vitattn_{setting.key}",
+            type=setting.parse,
+            default=None,
+            metavar=setting.metavar,
+            help=f"{setting.help} Ini: {setting.ini}.",
+        )
+        parser.addini(setting.ini, help=setting.help, type="string", default="")
+    group.addoption(
+        "--vitattn-report",
+        dest="vitattn_report",
+        nargs="?",
+        const=DEFAULT_REPORT,
+        default=None,
+        metavar="PATH",
+        help=f"write the HTML attention report (and results.json beside it); "
+        f"default path {DEFAULT_REPORT}.",
+    )
+
+
+def marker_help() -> str:
+    keys = ", ".join(f"{s.key}=..." for s in SETTINGS if s.in_marker)
+    return f"vitattn({keys}): pytest-vitattn settings for this test (override CLI and ini)."
+
+
+def parse_marker_value(key: str, value: Any) -> Any:
+    """Check one ``@pytest.mark.vitattn`` argument; raises ValueError with the fix."""
+    setting = SETTINGS_BY_KEY.get(key)
+    if setting is None or not setting.in_marker:
+        allowed = ", ".join(s.key for s in SETTINGS if s.in_marker)
+        raise ValueError(f"@pytest.mark.vitattn got unknown argument {key!r}; allowed: {allowed}")
+    if value is None and key == "rollout":
+        return None
+    try:
+        return setting.parse(value if isinstance(value, (int, float)) else str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"@pytest.mark.vitattn({key}=...): {error}") from None

@@ -1,0 +1,72 @@
+"""The pytest plugin: options, the ``vitattn`` marker and fixtures, and thin hooks.
+
+Every hook hands off to the run's ``VitattnSession``. This module imports neither torch
+nor timm, so installing the plugin costs nothing in test runs that don't use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from pytest_vitattn import options
+from pytest_vitattn.errors import VitAttnError
+from pytest_vitattn.session import VitattnSession
+
+SESSION_KEY = pytest.StashKey[VitattnSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.register(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", options.marker_help())
+    session = VitattnSession(config)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(_RunHooks(session), "vitattn-run")
+
+
+class _RunHooks:
+    """Hooks that need the run's session; registered once the session exists."""
+
+    def __init__(self, session: VitattnSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
+        report = yield
+        if call.when == "call":
+            self.session.attach_records(item, report)
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # In the xdist controller this sees the workers' reports: each record arrives once.
+        self.session.collect(report)
+
+
+@pytest.fixture
+def vitattn(request: pytest.FixtureRequest) -> Any:
+    """Probe the test's model: ``attn = vitattn(image)`` returns its CLS attention.
+
+    The model comes from ``@pytest.mark.vitattn(model=...)``, ``--vitattn-model``, the
+    ``vitattn_model`` ini key, or the shipped default, and is loaded once per session.
+    """
+    try:
+        return request.config.stash[SESSION_KEY].probe_for(request.node)
+    except VitAttnError as error:
+        pytest.fail(f"vitattn: {error}", pytrace=False)
+
+
+@pytest.fixture
+def vitattn_model(request: pytest.FixtureRequest) -> Any:
+    """The ``LoadedModel`` the ``vitattn`` fixture uses in this test (model, data config)."""
+    session = request.config.stash[SESSION_KEY]
+    try:
+        return session.models.get(session.settings_for(request.node).spec())
+    except VitAttnError as error:
+        pytest.fail(f"vitattn: {error}", pytrace=False)

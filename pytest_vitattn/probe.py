@@ -1,0 +1,187 @@
+"""Run images through a loaded model and return their CLS attention, recorded.
+
+``Probe`` is what the ``vitattn`` fixture hands to a test; it works without pytest too::
+
+    probe = Probe(load_model(ModelSpec("vitattn_tiny_shapes")))
+    attn = probe("bird.png")
+    attn.layer(-1).mean_heads().mass_in("bird_mask.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pytest_vitattn.attention import CLSAttention
+from pytest_vitattn.errors import ImageError
+from pytest_vitattn.extract import Extraction, extract_cls_attention
+from pytest_vitattn.images import label_of, load_image
+from pytest_vitattn.maps import HEAD_FUSIONS, check_finite, patch_maps, prefix_share
+from pytest_vitattn.models import LoadedModel
+from pytest_vitattn.preprocess import Geometry, Preprocessing
+from pytest_vitattn.records import AttentionRecord
+
+_UNSET: Any = object()
+
+
+@dataclass
+class ProbeContext:
+    """Where records go and how they are named.
+
+    Attributes:
+        nodeid: pytest node id of the test (or any name outside pytest).
+        location: (path, line) of the test function, or None.
+        records: list every new record is appended to.
+        report_hint: gives the place of a record in the HTML report, for failure messages.
+    """
+
+    nodeid: str = "<probe>"
+    location: tuple[str, int] | None = None
+    records: list[AttentionRecord] = field(default_factory=list)
+    report_hint: Callable[[AttentionRecord], str] | None = None
+
+
+class Probe:
+    """Callable that extracts CLS attention for one image or a batch.
+
+    Args:
+        loaded: the model, from ``load_model`` or the session cache.
+        preprocess: "resize" (the whole image to the input size, as the reference notebook
+            does) or "center-crop" (timm's eval transform); masks follow the same geometry.
+        extraction: "auto", "fast" or "fx" (see ``pytest_vitattn.extract``).
+        rollout: head fusion for attention rollout ("mean", "max", "min") or None to skip
+            it; rollout needs every layer's full attention matrix, so it costs about as
+            much as the fx path.
+        query_index: prefix token whose attention row is read; default 0, the CLS token.
+        context: where records go.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        preprocess: str = "resize",
+        extraction: str = "auto",
+        rollout: str | None = "mean",
+        query_index: int | None = None,
+        context: ProbeContext | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.preprocessing = Preprocessing.from_data_config(loaded.data_config, preprocess)
+        self.extraction = extraction
+        self.rollout = _checked_rollout(rollout)
+        self.query_index = query_index
+        self.context = context or ProbeContext()
+
+    def __call__(
+        self, images: Any, *, rollout: str | None = _UNSET
+    ) -> CLSAttention | list[CLSAttention]:
+        """Extract CLS attention for one image, or for a list of images in one forward.
+
+        Args:
+            images: a path, PIL image, uint8 (h, w, 3) array or (3, h, w) tensor in [0, 1];
+                or a list/tuple of them.
+            rollout: override the probe's rollout fusion for this call.
+
+        Returns:
+            One ``CLSAttention`` for one image, a list for a list.
+        """
+        single = not isinstance(images, (list, tuple))
+        sources = [images] if single else list(images)
+        if not sources:
+            raise ImageError("an empty list of images was passed; pass at least one image")
+        fusion = self.rollout if rollout is _UNSET else _checked_rollout(rollout)
+        displays, geometries = zip(*(self._display(source) for source in sources), strict=True)
+        pixels = self.preprocessing.normalise(torch.stack(displays))
+        device = next(self.loaded.model.parameters()).device
+        extraction = extract_cls_attention(
+            self.loaded.model,
+            pixels.to(device),
+            method=self.extraction,
+            rollout_fusion=fusion,
+            query_index=self.query_index,
+            anatomy=self.loaded.anatomy,
+        )
+        results = [
+            self._result(extraction, index, source, displays[index], geometries[index])
+            for index, source in enumerate(sources)
+        ]
+        return results[0] if single else results
+
+    def _display(self, source: Any) -> tuple[torch.Tensor, Geometry]:
+        return self.preprocessing.display_image(load_image(source))
+
+    def _result(
+        self,
+        extraction: Extraction,
+        index: int,
+        source: Any,
+        display: torch.Tensor,
+        geometry: Geometry,
+    ) -> CLSAttention:
+        layout = extraction.layout
+        rows = extraction.rows[index]
+        check_finite(rows, f"the CLS attention of {label_of(source, index)}")
+        maps = patch_maps(rows, layout.num_prefix_tokens, layout.grid)
+        rollout = None
+        if extraction.rollout is not None:
+            rollout = patch_maps(extraction.rollout[index], layout.num_prefix_tokens, layout.grid)
+        shares = prefix_share(rows, layout.num_prefix_tokens)
+        record = AttentionRecord(
+            record_id=self._record_id(label_of(source, index)),
+            nodeid=self.context.nodeid,
+            location=self.context.location,
+            image_label=label_of(source, index),
+            model=self.loaded.describe(),
+            preprocessing=self.preprocessing.describe(),
+            method=extraction.method,
+            num_prefix_tokens=layout.num_prefix_tokens,
+            query_index=layout.query_index,
+            image=(display.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+            maps=maps.numpy(),
+            rollout=None if rollout is None else rollout.numpy(),
+            prefix_share=shares.numpy(),
+            prediction=self._prediction(extraction.logits, index),
+        )
+        self.context.records.append(record)
+        return CLSAttention(
+            maps,
+            rollout,
+            shares,
+            geometry=geometry,
+            preprocessing=self.preprocessing,
+            record=record,
+            report_hint=self.context.report_hint,
+        )
+
+    def _record_id(self, image_label: str) -> str:
+        base = f"{self.context.nodeid}::{image_label}"
+        taken = {record.record_id for record in self.context.records}
+        if base not in taken:
+            return base
+        suffix = 2
+        while f"{base}#{suffix}" in taken:
+            suffix += 1
+        return f"{base}#{suffix}"
+
+    def _prediction(self, logits: torch.Tensor | None, index: int) -> dict[str, Any] | None:
+        if logits is None or logits.ndim != 2:
+            return None
+        probabilities = logits[index].softmax(dim=-1)
+        top = int(probabilities.argmax())
+        names = self.loaded.label_names
+        return {
+            "index": top,
+            "label": names[top] if names and top < len(names) else str(top),
+            "probability": round(float(probabilities[top]), 6),
+        }
+
+
+def _checked_rollout(rollout: str | None) -> str | None:
+    if rollout is not None and rollout not in HEAD_FUSIONS:
+        raise ValueError(f"rollout={rollout!r} must be None or one of {', '.join(HEAD_FUSIONS)}")
+    return rollout

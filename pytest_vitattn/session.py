@@ -1,0 +1,182 @@
+"""The plugin's state for one pytest run: settings, the model cache and the records.
+
+``plugin`` keeps one ``VitattnSession`` in ``config.stash`` and hands every hook to it.
+Heavy modules (torch, timm) are imported only when a test first asks for a probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vitattn.errors import VitAttnError
+from pytest_vitattn.models import ModelCache, ModelSpec
+from pytest_vitattn.options import SETTINGS, parse_marker_value
+
+RECORDS_ATTRIBUTE = "vitattn_records"
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    """The settings that apply to one test, after marker > CLI > ini > default."""
+
+    model: str
+    weights: str
+    device: str
+    preprocess: str
+    extraction: str
+    rollout: str | None
+    token: str | int
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.weights, self.device)
+
+
+class VitattnSession:
+    """Settings, models and records of one pytest run (one per xdist worker, too)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.run_settings = _run_settings(config)
+        self.models = ModelCache()
+        self.records: list[dict[str, Any]] = []
+        self.report_path = _report_path(config)
+
+    @property
+    def is_xdist_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def settings_for(self, item: pytest.Item) -> TestSettings:
+        """Merge the test's ``vitattn`` markers (closest wins) over the run settings."""
+        values = dict(self.run_settings)
+        marker_values: dict[str, Any] = {}
+        for marker in reversed(list(item.iter_markers("vitattn"))):
+            if marker.args:
+                raise VitAttnError(
+                    "@pytest.mark.vitattn takes keyword arguments only, e.g. "
+                    "@pytest.mark.vitattn(model='deit_tiny_patch16_224')"
+                )
+            marker_values.update(marker.kwargs)
+        for key, raw in marker_values.items():
+            try:
+                value = parse_marker_value(key, raw)
+            except ValueError as error:
+                raise VitAttnError(str(error)) from None
+            if key == "weights" and value not in ("pretrained", "random"):
+                value = str((Path(str(item.path)).parent / value).resolve())
+            values[key] = value
+        return TestSettings(**values)
+
+    def probe_for(self, item: pytest.Item) -> Any:
+        """A ``Probe`` bound to the test's model, recording into the test's record list."""
+        from pytest_vitattn.probe import Probe, ProbeContext
+
+        settings = self.settings_for(item)
+        loaded = self.models.get(settings.spec())
+        context = ProbeContext(
+            nodeid=item.nodeid,
+            location=(item.location[0], item.location[1] + 1)
+            if item.location[1] is not None
+            else None,
+            records=item.stash.setdefault(RECORDS_KEY, []),
+            report_hint=self._report_hint,
+        )
+        return Probe(
+            loaded,
+            preprocess=settings.preprocess,
+            extraction=settings.extraction,
+            rollout=settings.rollout,
+            query_index=_query_index(settings.token, loaded),
+            context=context,
+        )
+
+    def attach_records(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Move the test's records onto its report, as plain dicts with the outcome."""
+        records = item.stash.get(RECORDS_KEY, [])
+        if not records:
+            return
+        outcome = _outcome(report)
+        payload = []
+        for record in records:
+            record.outcome = outcome
+            payload.append(record.to_dict())
+        setattr(report, RECORDS_ATTRIBUTE, payload)
+        item.stash[RECORDS_KEY] = []
+
+    def collect(self, report: pytest.TestReport) -> None:
+        """Keep the records a report carries (reports from xdist workers arrive here too)."""
+        self.records.extend(getattr(report, RECORDS_ATTRIBUTE, None) or [])
+
+    def _report_hint(self, record: Any) -> str:
+        from pytest_vitattn.records import anchor
+
+        if self.report_path is None:
+            return "run pytest with --vitattn-report to see the heatmaps"
+        return f"{self.report_path}#{anchor(record.record_id)}"
+
+
+RECORDS_KEY = pytest.StashKey[list]()
+
+
+def _run_settings(config: pytest.Config) -> dict[str, Any]:
+    """CLI > ini > default for every setting; ini values are checked here."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        cli = config.getoption(f"vitattn_{setting.key}")
+        ini = str(config.getini(setting.ini) or "").strip()
+        if cli is not None:
+            value = cli
+            if setting.is_path and value not in ("pretrained", "random"):
+                value = str((config.invocation_params.dir / value).resolve())
+        elif ini:
+            try:
+                value = setting.parse(ini)
+            except argparse.ArgumentTypeError as error:
+                raise pytest.UsageError(f"ini option {setting.ini}: {error}") from None
+            if setting.is_path and value not in ("pretrained", "random"):
+                base = config.inipath.parent if config.inipath else config.rootpath
+                value = str((base / value).resolve())
+        else:
+            value = (
+                setting.parse(setting.default)
+                if isinstance(setting.default, str)
+                else setting.default
+            )
+        values[setting.key] = value
+    return values
+
+
+def _report_path(config: pytest.Config) -> Path | None:
+    value = config.getoption("vitattn_report")
+    if value is None:
+        return None
+    return (config.invocation_params.dir / value).resolve()
+
+
+def _query_index(token: str | int, loaded: Any) -> int:
+    prefix = loaded.anatomy.num_prefix_tokens
+    if token == "cls":
+        return 0
+    if token == "dist":
+        if getattr(loaded.model, "dist_token", None) is None:
+            raise VitAttnError(
+                f"token='dist' was asked for, but {loaded.spec.name} has no distillation "
+                "token; use token='cls'"
+            )
+        return 1
+    if not 0 <= int(token) < prefix:
+        raise VitAttnError(
+            f"token={token} is not a prefix token of {loaded.spec.name}, which has {prefix} "
+            f"(indices 0..{prefix - 1})"
+        )
+    return int(token)
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return str(report.outcome)
