@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pytest_vitattn import metrics
-from pytest_vitattn.errors import AttentionValueError, MaskError
+from pytest_vitattn.errors import AttentionValueError, MaskError, user_facing
 from pytest_vitattn.images import label_of, load_mask
 from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, upsample
 from pytest_vitattn.preprocess import Geometry, Preprocessing
@@ -93,12 +93,14 @@ class CLSAttention:
             f"layers={self.num_layers}, heads={self.num_heads}, grid={self.grid})"
         )
 
+    @user_facing
     def layer(self, index: int) -> LayerAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
         resolved = _resolve_index(index, self.num_layers, "layer")
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
         return LayerAttention(self, self.maps[resolved], label)
 
+    @user_facing
     def rollout(self, layer: int = -1) -> AttentionMap:
         """Attention rollout up to ``layer`` (Abnar & Zuidema 2020), on the patch grid."""
         if self.rollout_maps is None:
@@ -109,6 +111,7 @@ class CLSAttention:
         resolved = _resolve_index(layer, self.num_layers, "layer")
         return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")
 
+    @user_facing
     def select(
         self, layer: int = -1, head: int | None = None, fusion: str = "mean", rollout: bool = False
     ) -> AttentionMap:
@@ -118,6 +121,7 @@ class CLSAttention:
         selected = self.layer(layer)
         return selected.head(head) if head is not None else selected.fuse(fusion)
 
+    @user_facing
     def expect(
         self, layer: int = -1, head: int | None = None, fusion: str = "mean", rollout: bool = False
     ) -> Any:
@@ -127,6 +131,7 @@ class CLSAttention:
         """
         return self.select(layer, head, fusion, rollout).expect()
 
+    @user_facing
     def mask(self, source: Any) -> ResolvedMask:
         """Bring a mask given in original image space to the patch grid (cached per source)."""
         key = (
@@ -172,10 +177,12 @@ class LayerAttention:
     def num_heads(self) -> int:
         return int(self.maps.shape[0])
 
+    @user_facing
     def head(self, index: int) -> AttentionMap:
         resolved = _resolve_index(index, self.num_heads, "head")
         return AttentionMap(self.parent, self.maps[resolved], f"{self.label}, head {resolved}")
 
+    @user_facing
     def fuse(self, how: str = "mean") -> AttentionMap:
         """Heads fused by "mean", "max" or "min" (max and min renormalised to sum to 1)."""
         if how not in HEAD_FUSIONS:
@@ -209,10 +216,12 @@ class AttentionMap:
     def __repr__(self) -> str:
         return f"AttentionMap({self.label!r}, grid={tuple(self.grid.shape)})"
 
+    @user_facing
     def upsampled(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(height, width) float32 bilinear upsampling; default: the model input size."""
         return upsample(self.grid, size or self.parent.preprocessing.input_size)
 
+    @user_facing
     def mass_in(self, mask: Any) -> float:
         """Share of this map's attention on the mask (Relevance Mass Accuracy)."""
         resolved = self.parent.mask(mask)
@@ -220,6 +229,7 @@ class AttentionMap:
         self._measured("mass_in_mask", value, resolved)
         return value
 
+    @user_facing
     def pointing_game(self, mask: Any) -> bool:
         """Whether the most attended patch touches the mask."""
         resolved = self.parent.mask(mask)
@@ -227,6 +237,7 @@ class AttentionMap:
         self._measured("pointing_game", float(hit), resolved)
         return hit
 
+    @user_facing
     def top_k_iou(self, mask: Any, k: float | None = None) -> float:
         """IoU of the top ``k`` share of patches with the mask's patches (k=None: mask size)."""
         resolved = self.parent.mask(mask)
@@ -234,16 +245,19 @@ class AttentionMap:
         self._measured("top_k_iou", value, resolved)
         return value
 
+    @user_facing
     def concentration(self) -> float:
         """1 - normalised entropy: 0 for a uniform map, 1 for a single patch."""
         value = metrics.concentration(self.grid)
         self._measured("concentration", value, None)
         return value
 
+    @user_facing
     def normalized_entropy(self) -> float:
         """Entropy over log(patches): 1 for a uniform map, 0 for a single patch."""
         return metrics.normalized_entropy(self.grid)
 
+    @user_facing
     def expect(self) -> Any:
         """Checks on this map with rich failure messages (see ``pytest_vitattn.expect``)."""
         from pytest_vitattn.expect import Expectation

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class VitAttnError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -41,3 +48,21 @@ class AttentionValueError(VitAttnError):
 
 class BaselineError(VitAttnError):
     """A stored attention baseline is missing, corrupt, or was made under other conditions."""
+
+
+def user_facing(function: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise this package's errors from the caller's line, without internal frames.
+
+    A user who passes a missing image should see their own line and one sentence, not a
+    stack through preprocessing code.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        __tracebackhide__ = True
+        try:
+            return function(*args, **kwargs)
+        except VitAttnError as error:
+            raise error.with_traceback(None) from None
+
+    return wrapper

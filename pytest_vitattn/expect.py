@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_vitattn import metrics
 from pytest_vitattn.attention import AttentionMap, ResolvedMask
+from pytest_vitattn.errors import user_facing
 from pytest_vitattn.records import CheckResult
 
 _TITLES = {
@@ -28,6 +29,7 @@ class Expectation:
     def __init__(self, attention_map: AttentionMap) -> None:
         self.map = attention_map
 
+    @user_facing
     def mass_in(self, mask: Any, at_least: float) -> float:
         """The share of attention on ``mask`` is at least ``at_least``."""
         __tracebackhide__ = True
@@ -36,6 +38,7 @@ class Expectation:
         value = metrics.mass_in_mask(self.map.grid, resolved.grid)
         return self._conclude("mass_in_mask", value, value >= at_least, ">=", at_least, resolved)
 
+    @user_facing
     def pointing_game(self, mask: Any) -> bool:
         """The most attended patch touches ``mask``."""
         __tracebackhide__ = True
@@ -44,6 +47,7 @@ class Expectation:
         self._conclude("pointing_game", float(hit), hit, "hit", None, resolved)
         return hit
 
+    @user_facing
     def top_k_iou(self, mask: Any, at_least: float, k: float | None = None) -> float:
         """The top ``k`` share of patches overlaps the mask's patches with IoU >= ``at_least``."""
         __tracebackhide__ = True
@@ -52,6 +56,7 @@ class Expectation:
         value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
         return self._conclude("top_k_iou", value, value >= at_least, ">=", at_least, resolved)
 
+    @user_facing
     def concentration(self, at_least: float | None = None, at_most: float | None = None) -> float:
         """The map's concentration lies within the given bounds (both inclusive)."""
         __tracebackhide__ = True

@@ -88,7 +88,8 @@ def load_mask(source: Any) -> np.ndarray:
 
 def _open(path: Path, error: type[Exception], what: str) -> Image.Image:
     if not path.is_file():
-        raise error(f"{what} file not found: {path}")
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise error(f"{what} file not found: {path}{where}")
     Image.MAX_IMAGE_PIXELS = _MAX_IMAGE_PIXELS
     try:
         with Image.open(path) as opened:

@@ -59,7 +59,8 @@ def vitattn(request: pytest.FixtureRequest) -> Any:
     try:
         return request.config.stash[SESSION_KEY].probe_for(request.node)
     except VitAttnError as error:
-        pytest.fail(f"vitattn: {error}", pytrace=False)
+        message = f"vitattn: {error}"
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture
@@ -69,4 +70,5 @@ def vitattn_model(request: pytest.FixtureRequest) -> Any:
     try:
         return session.models.get(session.settings_for(request.node).spec())
     except VitAttnError as error:
-        pytest.fail(f"vitattn: {error}", pytrace=False)
+        message = f"vitattn: {error}"
+    pytest.fail(message, pytrace=False)

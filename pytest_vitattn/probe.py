@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pytest_vitattn.attention import CLSAttention
-from pytest_vitattn.errors import ImageError
+from pytest_vitattn.errors import ImageError, user_facing
 from pytest_vitattn.extract import Extraction, extract_cls_attention
 from pytest_vitattn.images import label_of, load_image
 from pytest_vitattn.maps import HEAD_FUSIONS, check_finite, patch_maps, prefix_share
@@ -77,6 +77,7 @@ class Probe:
         self.query_index = query_index
         self.context = context or ProbeContext()
 
+    @user_facing
     def __call__(
         self, images: Any, *, rollout: str | None = _UNSET
     ) -> CLSAttention | list[CLSAttention]:
