@@ -72,3 +72,13 @@ def vitattn_model(request: pytest.FixtureRequest) -> Any:
     except VitAttnError as error:
         message = f"vitattn: {error}"
     pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def vitattn_settings(request: pytest.FixtureRequest) -> Any:
+    """The settings that apply to this test (marker > CLI > ini > default), for inspection."""
+    try:
+        return request.config.stash[SESSION_KEY].settings_for(request.node)
+    except VitAttnError as error:
+        message = f"vitattn: {error}"
+    pytest.fail(message, pytrace=False)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -151,12 +150,10 @@ class Preprocessing:
                     f"{image_hw[1]}x{image_hw[0]}: masks are given in image space, with the "
                     "image's size (or at least its aspect ratio)"
                 )
-        resized = Image.fromarray(mask.astype(np.float32), mode="F").resize(
-            (geometry.resized[1], geometry.resized[0]), Image.Resampling.BOX
-        )
+        resized = area_resize(mask.astype(np.float64), geometry.resized)
         top, left, height, width = geometry.crop
-        cropped = resized.crop((left, top, left + width, top + height))
-        return np.clip(np.asarray(cropped, dtype=np.float32), 0.0, 1.0)
+        cropped = resized[top : top + height, left : left + width]
+        return np.clip(cropped, 0.0, 1.0).astype(np.float32)
 
     @staticmethod
     def mask_to_grid(input_mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -169,8 +166,32 @@ class Preprocessing:
         Returns:
             (grid_h, grid_w) float32: share of each patch covered by the mask.
         """
-        tensor = torch.from_numpy(np.ascontiguousarray(input_mask))[None, None]
-        return F.adaptive_avg_pool2d(tensor, grid)[0, 0].clamp(0, 1)
+        grid_mask = area_resize(input_mask.astype(np.float64), grid)
+        return torch.from_numpy(np.clip(grid_mask, 0.0, 1.0).astype(np.float32))
+
+
+def area_resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize by exact area averaging: each output cell is the mean over the input area it covers.
+
+    Args:
+        values: (height, width) array.
+        size: (out_height, out_width).
+
+    Returns:
+        (out_height, out_width) float64; the mean over the whole array is preserved exactly.
+    """
+    rows = _area_weights(values.shape[0], size[0])
+    cols = _area_weights(values.shape[1], size[1])
+    return rows @ values @ cols.T
+
+
+def _area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) matrix: overlap of input cell i with output cell o, rows sum to 1."""
+    scale = size_in / size_out
+    starts = np.arange(size_out)[:, None] * scale
+    cells = np.arange(size_in)[None, :]
+    overlap = np.minimum(cells + 1, starts + scale) - np.maximum(cells, starts)
+    return np.clip(overlap, 0.0, None) / scale
 
 
 def _size_of(image: Image.Image | torch.Tensor) -> tuple[int, int]:
