@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+# pytester's in-process runs remove modules first imported inside them when the run ends;
+# torch cannot be imported twice in one process, so the outer process imports it first.
+import timm
+import torch
 from PIL import Image
 
 
 @pytest.fixture(scope="session")
 def deit_tiny():
     """deit_tiny_patch16_224 with seeded random weights, in eval mode."""
-    import timm
-    import torch
 
     torch.manual_seed(0)
     return timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
