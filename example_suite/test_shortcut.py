@@ -1,0 +1,38 @@
+"""The regression this plugin exists to catch: a model that is right for the wrong reason.
+
+``vitattn_tiny_shapes_shortcut`` was trained on images whose top-left corner carries a
+class-coloured marker. It classifies marked images as well as the faithful model, but its
+CLS attention goes to the marker, not to the shape. An accuracy test would pass; the
+attention tests below fail, and the report shows where the model looked instead.
+
+They are marked ``xfail(strict=True)`` so this example suite stays green while showing the
+failures: if the shortcut model ever did look at the object, strict xfail would flag that.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA, IMAGES, mask_of
+
+MARKED = [DATA / "marked" / path.name for path in IMAGES]
+
+pytestmark = pytest.mark.vitattn(model="vitattn_tiny_shapes_shortcut")
+
+
+@pytest.mark.xfail(strict=True, reason="the shortcut model attends to the corner marker")
+@pytest.mark.parametrize("image", MARKED, ids=[path.stem for path in MARKED])
+def test_shortcut_model_attention_lies_on_the_object(vitattn, image):
+    attn = vitattn(image)
+    attn.expect(layer=-1).mass_in(mask_of(DATA / image.name), at_least=0.5)
+
+
+@pytest.mark.xfail(strict=True, reason="the shortcut model attends to the corner marker")
+def test_shortcut_model_points_at_the_object(vitattn):
+    image = MARKED[0]
+    vitattn(image).expect(layer=-1).pointing_game(mask_of(DATA / image.name))
+
+
+def test_shortcut_model_attention_lies_on_the_marker(vitattn):
+    """What it looks at instead: the marker patch gets most of the last layer's attention."""
+    for image in MARKED:
+        vitattn(image).expect(layer=-1).mass_in(DATA / "marker_mask.png", at_least=0.5)
