@@ -27,6 +27,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = VitattnSession(config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(_RunHooks(session), "vitattn-run")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(_HtmlHooks(session), "vitattn-html")
 
 
 class _RunHooks:
@@ -47,6 +49,33 @@ class _RunHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # In the xdist controller this sees the workers' reports: each record arrives once.
         self.session.collect(report)
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        # Also runs after Ctrl-C and failures, so what was recorded is written.
+        self.session.write_report(exitstatus)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in self.session.report_lines():
+            terminalreporter.write_line(line)
+
+
+class _HtmlHooks:
+    """Adds each test's heatmap grids to its row of a pytest-html report."""
+
+    def __init__(self, session: VitattnSession) -> None:
+        self.session = session
+
+    # tryfirst makes this wrapper the outer one: _RunHooks has attached the records.
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
+        report = yield
+        if call.when == "call" and item.config.getoption("htmlpath", None):
+            from pytest_vitattn.report.html_extras import attach_extras
+
+            attach_extras(report, self.session.report_path, item.config)
+        return report
 
 
 @pytest.fixture

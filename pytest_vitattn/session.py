@@ -16,6 +16,8 @@ import pytest
 from pytest_vitattn.errors import VitAttnError
 from pytest_vitattn.models import ModelCache, ModelSpec
 from pytest_vitattn.options import SETTINGS, parse_marker_value
+from pytest_vitattn.report.tally import OutcomeTally
+from pytest_vitattn.report.writer import ReportFiles, ReportPathError, check_writable
 
 RECORDS_ATTRIBUTE = "vitattn_records"
 
@@ -45,6 +47,9 @@ class VitattnSession:
         self.models = ModelCache()
         self.records: list[dict[str, Any]] = []
         self.report_path = _report_path(config)
+        self.tally = OutcomeTally()
+        self.report_files: ReportFiles | None = None
+        self.report_error: str | None = None
 
     @property
     def is_xdist_worker(self) -> bool:
@@ -101,15 +106,43 @@ class VitattnSession:
             return
         outcome = _outcome(report)
         payload = []
+        failed_at = _failed_at(report)
         for record in records:
             record.outcome = outcome
-            payload.append(record.to_dict())
+            payload.append({**record.to_dict(), "failed_at": failed_at})
         setattr(report, RECORDS_ATTRIBUTE, payload)
         item.stash[RECORDS_KEY] = []
 
     def collect(self, report: pytest.TestReport) -> None:
         """Keep the records a report carries (reports from xdist workers arrive here too)."""
         self.records.extend(getattr(report, RECORDS_ATTRIBUTE, None) or [])
+        self.tally.add(report)
+
+    def write_report(self, exitstatus: int | None = None) -> None:
+        """Write the HTML report and results.json, in the process that saw every record."""
+        if self.report_path is None or self.is_xdist_worker:
+            return
+        from pytest_vitattn.report.run_info import RunInfo
+        from pytest_vitattn.report.writer import write_report
+
+        run = RunInfo.from_config(self.config, self.tally.as_dict(), exitstatus)
+        try:
+            self.report_files = write_report(self.records, self.report_path, run)
+        except OSError as error:
+            self.report_error = f"could not write the report {self.report_path}: {error}"
+
+    def report_lines(self) -> list[str]:
+        """What the terminal summary says about the report."""
+        if self.report_error:
+            return [f"vitattn: {self.report_error}"]
+        if self.report_files is None:
+            return []
+        return [
+            f"vitattn: attention report ({self.report_files.records} recorded images): "
+            f"{self.report_files.html}",
+            f"vitattn: numbers for CI: {self.report_files.json}",
+        ]
+
 
     def _report_hint(self, record: Any) -> str:
         from pytest_vitattn.records import anchor
@@ -154,7 +187,13 @@ def _report_path(config: pytest.Config) -> Path | None:
     value = config.getoption("vitattn_report")
     if value is None:
         return None
-    return (config.invocation_params.dir / value).resolve()
+    path = (config.invocation_params.dir / value).resolve()
+    if not hasattr(config, "workerinput"):  # only the xdist controller (or a plain run) writes
+        try:
+            check_writable(path)
+        except ReportPathError as error:
+            raise pytest.UsageError(f"--vitattn-report: {error}") from None
+    return path
 
 
 def _query_index(token: str | int, loaded: Any) -> int:
@@ -174,6 +213,12 @@ def _query_index(token: str | int, loaded: Any) -> int:
             f"(indices 0..{prefix - 1})"
         )
     return int(token)
+
+
+def _failed_at(report: pytest.TestReport) -> list[str | int] | None:
+    # pytest's crash location honours __tracebackhide__: it is the user's failing line.
+    crash = getattr(report.longrepr, "reprcrash", None) if report.failed else None
+    return [str(crash.path), int(crash.lineno)] if crash is not None else None
 
 
 def _outcome(report: pytest.TestReport) -> str:

@@ -1,0 +1,70 @@
+// Enhancements only: the content, the status and model filters and the overlay choices
+// all work without JavaScript.
+(function () {
+  "use strict";
+  var records = Array.prototype.slice.call(document.querySelectorAll(".record"));
+  var search = document.getElementById("filter-name");
+  var counter = document.getElementById("shown-count");
+  document.documentElement.classList.add("js");
+  Array.prototype.forEach.call(document.querySelectorAll(".js-only"), function (element) {
+    element.hidden = false;
+  });
+
+  function updateCount() {
+    var shown = records.filter(function (record) {
+      return !record.hidden && getComputedStyle(record).display !== "none";
+    }).length;
+    counter.textContent = shown + " of " + records.length + " records shown";
+  }
+
+  function filterByName() {
+    var query = search.value.trim().toLowerCase();
+    records.forEach(function (record) {
+      var test = (record.getAttribute("data-test") || "").toLowerCase();
+      record.hidden = query !== "" && test.indexOf(query) === -1;
+    });
+    updateCount();
+  }
+
+  // Any map of the grid can be laid over the image: it becomes the record's "clicked" choice.
+  function showInOverlay(cell) {
+    var record = cell.closest(".record");
+    var stage = record.querySelector(".stage");
+    var custom = record.querySelector(".choice.custom");
+    var label = custom.nextElementSibling;
+    var layer = stage.querySelector(".layers > :last-child");
+    var zoom = Number(stage.getAttribute("data-zoom"));
+    var steps = stage.getAttribute("data-steps").split(" ").map(Number);
+    var column = cell.parentElement.cellIndex - 1;
+    var row = cell.parentElement.parentElement.sectionRowIndex;
+    layer.style.backgroundPosition =
+      -column * steps[0] * zoom + "px " + -row * steps[1] * zoom + "px";
+    custom.hidden = false;
+    label.hidden = false;
+    label.textContent = cell.title.split(":")[0];
+    custom.checked = true;
+  }
+
+  Array.prototype.forEach.call(document.querySelectorAll(".grid .map"), function (cell) {
+    cell.tabIndex = 0;
+  });
+  document.addEventListener("click", function (event) {
+    var cell = event.target.closest(".grid .map");
+    if (cell) {
+      showInOverlay(cell);
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    var active = document.activeElement;
+    if ((event.key === "Enter" || event.key === " ") && active.matches(".grid .map")) {
+      event.preventDefault();
+      showInOverlay(active);
+    } else if (event.key === "/" && !/^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) {
+      event.preventDefault();
+      search.focus();
+    }
+  });
+  search.addEventListener("input", filterByName);
+  document.querySelector(".filters").addEventListener("change", updateCount);
+  updateCount();
+})();

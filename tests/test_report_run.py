@@ -1,0 +1,396 @@
+"""The report of one real run: results.json, the HTML, the terminal, and a real browser.
+
+One pytest run (a subprocess, as pytester's ``runpytest_subprocess`` does, shared by the
+module to keep it fast) probes the shipped architecture with seeded weights files: tests
+that pass, fail, xfail, skip, only read maps, carry hostile names, and drift from a
+baseline made with other weights. The browser tests open its report in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_vitattn.records import anchor, decode_array
+from pytest_vitattn.report.chromium import Chromium, find_chromium
+
+ARCH = "vitattn_tiny_shapes"
+
+SUITE = """
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pytest_vitattn import synthetic
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    pairs = []
+    for index in range(2):
+        sample = synthetic.make_sample(index, split="test")
+        image, mask = folder / f"shape{index}.png", folder / f"shape{index}_mask.png"
+        sample.image.save(image)
+        Image.fromarray(sample.mask.astype(np.uint8) * 255).save(mask)
+        pairs.append((image, mask))
+    hostile = folder / 'x<img src=x onerror="window.__pwned=2">.png'
+    synthetic.make_sample(0, split="test").image.save(hostile)
+    return pairs, hostile
+
+
+def test_looks_at_the_shape(vitattn, files):
+    image, mask = files[0][0]
+    attn = vitattn(image)
+    attn.expect(layer=-1).mass_in(mask, at_least=0.0)
+    attn.layer(-1).mean_heads().mass_in(mask)
+
+
+def test_two_images_one_fails(vitattn, files):
+    (first, first_mask), (second, second_mask) = files[0]
+    attentions = vitattn([first, second])
+    attentions[0].expect(layer=-1).mass_in(first_mask, at_least=0.0)
+    attentions[1].expect(layer=-1).mass_in(second_mask, at_least=0.99)  # FAILS HERE
+
+
+@pytest.mark.xfail(reason="a random model does not look at the shape", strict=True)
+def test_expected_to_fail(vitattn, files):
+    image, mask = files[0][0]
+    vitattn(image).expect(layer=0, head=1).mass_in(mask, at_least=0.99)
+
+
+@pytest.mark.parametrize("name", ["<script>window.__pwned=1</script>", "quote\\"s and 'these'"])
+def test_hostile_names(vitattn, files, name):
+    vitattn(files[1]).expect(layer=-1).concentration(at_most=1.0)
+
+
+def test_only_reads_the_maps(vitattn, files):
+    assert vitattn(files[0][0][0]).num_layers == 6
+
+
+def test_skipped():
+    pytest.skip("nothing to probe")
+
+
+@pytest.mark.vitattn(weights=os.environ["BASELINE_WEIGHTS"])
+def test_baseline(vitattn, files):
+    vitattn(files[0][0][0]).matches_baseline()
+"""
+
+OUTCOMES = {"failed": 2, "xfailed": 1, "skipped": 1, "passed": 4}
+RECORDS_PER_TEST = {
+    "test_looks_at_the_shape": 1,
+    "test_two_images_one_fails": 2,
+    "test_expected_to_fail": 1,
+    "test_hostile_names": 2,
+    "test_only_reads_the_maps": 1,
+    "test_baseline": 1,
+}
+RANK = {"failed": 0, "error": 1, "xpassed": 2, "xfailed": 3, "skipped": 4, "passed": 5}
+
+
+def save_sharp_weights(path: Path, seed: int) -> Path:
+    """Seeded random weights of the shipped architecture with peaked attention (the q/k
+    weights scaled up), so maps differ between seeds as trained models' maps do."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    import pytest_vitattn.zoo  # noqa: F401  (registers the architecture with timm)
+
+    torch.manual_seed(seed)
+    model = timm.create_model(ARCH, pretrained=False)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(4.0)
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+def run_pytest(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class SuiteRun:
+    """The finished run: its output, report and results."""
+
+    def __init__(self, folder: Path, result: subprocess.CompletedProcess) -> None:
+        self.folder = folder
+        self.result = result
+        self.report = folder / "out" / "attention.html"
+        self.results = json.loads((folder / "out" / "results.json").read_text())
+        self.html = self.report.read_text()
+        self.suite_file = folder / "test_suite.py"
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory) -> SuiteRun:
+    folder = tmp_path_factory.mktemp("suite")
+    weights_a = save_sharp_weights(folder / "a.safetensors", seed=1)
+    weights_b = save_sharp_weights(folder / "b.safetensors", seed=2)
+    (folder / "test_suite.py").write_text(SUITE)
+    (folder / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -p no:xdist\n")
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    model = [f"--vitattn-model={ARCH}", f"--vitattn-weights={weights_a}"]
+    # The baseline is made with weights a; the reported run uses b, so it drifts.
+    made = run_pytest(
+        folder,
+        {**env, "BASELINE_WEIGHTS": str(weights_a)},
+        *model,
+        "-k",
+        "test_baseline",
+        "--vitattn-update-baselines",
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    result = run_pytest(
+        folder,
+        {**env, "BASELINE_WEIGHTS": str(weights_b)},
+        *model,
+        "--vitattn-report=out/attention.html",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    return SuiteRun(folder, result)
+
+
+def test_the_summary_counts_every_outcome_and_names_the_run(suite_run):
+    summary = suite_run.results["summary"]
+    assert summary["outcomes"] == OUTCOMES
+    assert summary["exitstatus"] == 1
+    assert summary["records"] == sum(RECORDS_PER_TEST.values())
+    assert summary["command"].startswith("pytest --vitattn-model=vitattn_tiny_shapes")
+    assert {"torch", "timm", "pytest", "python", "pytest-vitattn"} <= set(summary["versions"])
+    assert summary["versions"]["torch"] != "not installed"
+
+
+def test_every_probed_image_is_one_record_with_its_outcome(suite_run):
+    records = suite_run.results["records"]
+    per_test: dict[str, int] = {}
+    for record in records:
+        name = record["nodeid"].split("::")[1].split("[")[0]
+        per_test[name] = per_test.get(name, 0) + 1
+    assert per_test == RECORDS_PER_TEST
+    outcomes = {record["record_id"]: record["outcome"] for record in records}
+    assert outcomes["test_suite.py::test_two_images_one_fails::shape1.png"] == "failed"
+    assert outcomes["test_suite.py::test_expected_to_fail::shape0.png"] == "xfailed"
+    assert outcomes["test_suite.py::test_looks_at_the_shape::shape0.png"] == "passed"
+    assert len(set(outcomes)) == len(records)
+
+
+def test_records_are_listed_failures_first(suite_run):
+    ranks = [RANK[record["outcome"]] for record in suite_run.results["records"]]
+    assert ranks == sorted(ranks)
+    assert ranks[0] == RANK["failed"]
+
+
+def test_results_hold_the_numbers_but_no_pixels(suite_run):
+    record = next(
+        r
+        for r in suite_run.results["records"]
+        if r["record_id"] == "test_suite.py::test_two_images_one_fails::shape1.png"
+    )
+    assert record["image"] is None
+    assert [mask["pixels"] for mask in record["masks"]] == [None]
+    maps = decode_array(record["maps"])
+    assert maps.shape == (6, 3, 8, 8)
+    np.testing.assert_allclose(maps.astype(np.float32).sum(axis=(-2, -1)), 1.0, atol=0.01)
+    (check,) = record["checks"]
+    assert (check["name"], check["op"], check["threshold"], check["passed"]) == (
+        "mass_in_mask",
+        ">=",
+        0.99,
+        False,
+    )
+    assert 0 <= check["value"] < 0.99
+    assert check["mask"] == "shape1_mask.png"
+
+
+def test_a_failure_links_to_the_failing_line(suite_run):
+    record = suite_run.results["records"][0]
+    lines = SUITE.splitlines()  # written as is: lines[i] is line i + 1 of the file
+    fail_line = 1 + next(i for i, line in enumerate(lines) if "# FAILS HERE" in line)
+    assert record["failed_at"] == [str(suite_run.suite_file), fail_line]
+    assert f'href="../test_suite.py#L{fail_line}"' in suite_run.html
+    assert f"test_suite.py:{fail_line}</code>" in suite_run.html
+
+
+def test_every_record_has_the_anchor_failure_messages_link_to(suite_run):
+    for record in suite_run.results["records"]:
+        assert suite_run.html.count(f'id="{anchor(record["record_id"])}"') == 1
+    # The failing check's message names the report and its record's anchor.
+    failing = next(r for r in suite_run.results["records"] if r["record_id"].endswith("shape1.png"))
+    assert f"{suite_run.report}#{anchor(failing['record_id'])}" in suite_run.result.stdout
+
+
+def test_the_terminal_summary_says_where_the_report_is(suite_run):
+    lines = suite_run.result.stdout.splitlines()
+    assert f"vitattn: attention report (8 recorded images): {suite_run.report}" in lines
+    assert f"vitattn: numbers for CI: {suite_run.report.parent / 'results.json'}" in lines
+
+
+def test_the_page_is_self_contained(suite_run):
+    # Nothing is fetched: every src and url() is a data URI or an in-page anchor.
+    sources = re.findall(r'(?:src|href)="([^"]*)"', suite_run.html)
+    assert sources
+    assert all(s.startswith(("data:", "#", "../test_suite.py")) for s in sources), sources
+    urls = re.findall(r"url\(([^)]*)\)", suite_run.html)
+    assert urls and all(url.startswith("data:image/png;base64,") for url in urls)
+    assert "http://" not in suite_run.html and "https://" not in suite_run.html
+
+
+def test_hostile_names_are_escaped_text(suite_run):
+    assert "<script>window.__pwned" not in suite_run.html
+    assert '<img src=x onerror="window.__pwned=2">' not in suite_run.html
+    assert html.escape("test_hostile_names[<script>window.__pwned=1</script>]") in suite_run.html
+
+
+def test_the_drifted_baseline_is_shown_beside_the_current_maps(suite_run):
+    record = next(r for r in suite_run.results["records"] if "test_baseline" in r["nodeid"])
+    assert record["outcome"] == "failed"
+    assert record["baseline"] is not None
+    section = suite_run.html.split(f'id="{anchor(record["record_id"])}"')[1].split("</section>")[0]
+    assert "drifted</span>" in section
+    assert section.count('<th scope="row">layer ') == 6
+    assert "mass moved" in section
+
+
+# --- In a real browser ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if find_chromium() is None:
+        reason = "Chromium not found: apt-get install chromium (or set VITATTN_CHROMIUM)"
+        if os.environ.get("VITATTN_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with Chromium(window=(1280, 900)) as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def page(browser, suite_run):
+    browser.console_errors.clear()
+    browser.call("Emulation.setScriptExecutionDisabled", value=False)
+    browser.open(suite_run.report.as_uri())
+    return browser
+
+
+def visible_statuses(page) -> list[str]:
+    return page.evaluate(
+        "[...document.querySelectorAll('.record')]"
+        ".filter(r => getComputedStyle(r).display !== 'none')"
+        ".map(r => r.querySelector('h2 .badge').textContent)"
+    )
+
+
+def test_it_renders_without_console_errors(page, suite_run):
+    assert page.evaluate("document.querySelectorAll('.record').length") == 8
+    assert page.evaluate("document.getElementById('shown-count').textContent") == (
+        "8 of 8 records shown"
+    )
+    page.screenshot()  # paints the first screen: images decoded, styles applied
+    assert page.console_errors == []
+
+
+def test_failures_come_first(page):
+    statuses = visible_statuses(page)
+    assert statuses[:2] == ["failed", "failed"]
+    assert [RANK[status] for status in statuses] == sorted(RANK[s] for s in statuses)
+
+
+def test_the_status_filter_works_from_the_keyboard(page):
+    page.evaluate("document.getElementById('filter-status-passed').focus()")
+    page.press(" ", "Space", " ")
+    statuses = visible_statuses(page)
+    assert "passed" not in statuses
+    assert statuses.count("failed") == 3  # two failed records of one test, and the baseline
+    shown = page.evaluate("document.getElementById('shown-count').textContent")
+    assert shown == "4 of 8 records shown"
+
+
+def test_the_name_filter_keeps_matching_tests(page):
+    page.evaluate(
+        "const box = document.getElementById('filter-name'); box.value = 'HOSTILE';"
+        "box.dispatchEvent(new Event('input'))"
+    )
+    shown = page.evaluate(
+        "[...document.querySelectorAll('.record')].filter(r => !r.hidden).map(r => r.dataset.test)"
+    )
+    assert len(shown) == 2 and all("test_hostile_names" in test for test in shown)
+
+
+def shown_layer(page, record_id: str) -> str:
+    """The background position of the map shown over the image, or "" for none."""
+    return page.evaluate(
+        f"(() => {{ const layers = document.querySelectorAll('#{anchor(record_id)} .layers .map');"
+        "const shown = [...layers].filter(l => getComputedStyle(l).display !== 'none');"
+        "return shown.map(l => getComputedStyle(l).backgroundPosition).join('|'); })()"
+    )
+
+
+def test_the_overlay_switches_with_the_keyboard_and_without_javascript(browser, suite_run):
+    record_id = "test_suite.py::test_looks_at_the_shape::shape0.png"
+    browser.call("Emulation.setScriptExecutionDisabled", value=True)
+    try:
+        browser.open(suite_run.report.as_uri())
+        assert browser.evaluate("document.documentElement.classList.contains('js')") is False
+        first = shown_layer(browser, record_id)
+        assert first not in ("", "0% 0%")
+        browser.evaluate(f"document.querySelector('#{anchor(record_id)} .choice').focus()")
+        browser.press("ArrowDown", "ArrowDown")  # the next radio: rollout to the last layer
+        second = shown_layer(browser, record_id)
+        assert second not in ("", first)
+        assert "|" not in second  # exactly one map at a time
+        browser.evaluate(f"document.getElementById('{anchor(record_id)}-overlay-none').click()")
+        assert shown_layer(browser, record_id) == ""
+    finally:
+        browser.call("Emulation.setScriptExecutionDisabled", value=False)
+
+
+def test_clicking_a_grid_map_lays_it_over_the_image(page):
+    record_id = "test_suite.py::test_looks_at_the_shape::shape0.png"
+    target = anchor(record_id)
+    page.evaluate(
+        f"document.querySelector('#{target} .grid tbody tr:nth-child(3) td').firstChild.click()"
+    )
+    assert page.evaluate(f"document.getElementById('{target}-overlay-cell').checked")
+    # Row 3 is layer 2; column 1 is head 0: the sprite position of that map, zoomed.
+    zoom, step_y = page.evaluate(
+        f"(() => {{ const s = document.querySelector('#{target} .stage');"
+        "return [Number(s.dataset.zoom), Number(s.dataset.steps.split(' ')[1])]; })()"
+    )
+    assert shown_layer(page, record_id) == f"0px {-2 * step_y * zoom}px"
+
+
+def test_hostile_names_show_as_text_and_never_run(page):
+    assert page.evaluate("window.__pwned") is None
+    labels = page.evaluate(
+        "[...document.querySelectorAll('.record .nodeid, .record .image-label')]"
+        ".map(e => e.textContent)"
+    )
+    assert "test_suite.py::test_hostile_names[<script>window.__pwned=1</script>]" in labels
+    assert 'x<img src=x onerror="window.__pwned=2">.png' in labels
+    assert page.console_errors == []
+
+
+def test_a_link_from_a_failure_message_lands_on_its_record(browser, suite_run):
+    failing = suite_run.results["records"][0]
+    browser.open(f"{suite_run.report.as_uri()}#{anchor(failing['record_id'])}")
+    assert browser.evaluate("document.querySelector(':target').id") == anchor(failing["record_id"])
