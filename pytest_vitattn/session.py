@@ -197,22 +197,9 @@ def _report_path(config: pytest.Config) -> Path | None:
 
 
 def _query_index(token: str | int, loaded: Any) -> int:
-    prefix = loaded.anatomy.num_prefix_tokens
-    if token == "cls":
-        return 0
-    if token == "dist":
-        if getattr(loaded.model, "dist_token", None) is None:
-            raise VitAttnError(
-                f"token='dist' was asked for, but {loaded.spec.name} has no distillation "
-                "token; use token='cls'"
-            )
-        return 1
-    if not 0 <= int(token) < prefix:
-        raise VitAttnError(
-            f"token={token} is not a prefix token of {loaded.spec.name}, which has {prefix} "
-            f"(indices 0..{prefix - 1})"
-        )
-    return int(token)
+    # The anatomy knows the model's queries: CLS, DeiT's distillation token, registers, the
+    # attention-pool query; it refuses models without a CLS-like query with the reason.
+    return loaded.anatomy.resolve_query(token, loaded.spec.name)
 
 
 def _failed_at(report: pytest.TestReport) -> list[str | int] | None:

@@ -6,12 +6,16 @@ model's family supports it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite, TokenLayout, describe
+from pytest_vitattn.errors import ImageError, UnsupportedModelError
+from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite, TokenLayout
+from pytest_vitattn.extract.describe import describe
 from pytest_vitattn.extract.fast import fast_cls_rows
 from pytest_vitattn.extract.fx import fused_attention_disabled, fx_cls_rows
 
@@ -35,7 +39,8 @@ class Extraction:
 
     Attributes:
         rows: (B, L, H, N) float32 softmax rows over all N tokens (prefix tokens included).
-        rollout: (B, L, N) float32 attention-rollout rows after each layer, or None.
+        rollout: (B, L, N) float32 attention-rollout rows after each layer, or None (not
+            asked for, or not defined for the family: class attention, attention pooling).
         logits: (B, classes) model output, or None (the fx path does not compute it).
         layout: the token layout (prefix tokens, query token, patch grid).
         method: "fast" or "fx", the path that produced the rows.
@@ -60,26 +65,73 @@ def extract_cls_attention(
     """Extract the CLS attention rows of every layer and head for a batch of images.
 
     Args:
-        model: a timm ViT in eval mode; it is not altered.
+        model: a timm ViT; it is run in eval mode and left as it was.
         pixels: (B, 3, height, width) input normalised as the model expects.
-        method: "auto", "fast" (fused forward, rows from q and k) or "fx" (the notebook's
-            full-matrix extraction).
+        method: "auto" (the fast path where the family supports it), "fast" (fused
+            forward, rows from q and k) or "fx" (the notebook's full-matrix extraction).
         rollout_fusion: head fusion for attention rollout ("mean", "max", "min"), or None.
-        query_index: prefix token whose row to read; default the CLS token.
+        query_index: query row to read (a prefix-token index); default the CLS token.
         anatomy: the model's anatomy, if already described.
 
     Returns:
         An ``Extraction`` with rows (B, L, H, N).
+
+    Raises:
+        UnsupportedModelError: the model or the query cannot be read.
+        ImageError: ``pixels`` is not a batch the model takes.
     """
     if method not in METHODS:
         raise ValueError(f"extraction method {method!r} is not one of {', '.join(METHODS)}")
     anatomy = anatomy or describe(model)
-    layout = anatomy.layout(model, (int(pixels.shape[-2]), int(pixels.shape[-1])))
-    if query_index is not None:
-        layout = TokenLayout(layout.num_prefix_tokens, query_index, layout.grid)
+    pixels = _checked_pixels(model, pixels)
+    layout = anatomy.layout(model, (int(pixels.shape[-2]), int(pixels.shape[-1])), query_index)
     use_fast = method == "fast" or (method == "auto" and anatomy.fast_path)
-    if use_fast:
-        rows, rollout, logits = fast_cls_rows(model, pixels, anatomy, layout, rollout_fusion)
-        return Extraction(rows, rollout, logits, layout, "fast")
-    rows, rollout = fx_cls_rows(model, pixels, anatomy, layout, rollout_fusion)
-    return Extraction(rows, rollout, None, layout, "fx")
+    with _evaluating(model):
+        if use_fast:
+            rows, rollout, logits = fast_cls_rows(
+                model, pixels, anatomy, layout.query_index, rollout_fusion
+            )
+            extraction = Extraction(rows, rollout, logits, layout, "fast")
+        else:
+            rows, rollout = fx_cls_rows(model, pixels, anatomy, layout.query_index, rollout_fusion)
+            extraction = Extraction(rows, rollout, None, layout, "fx")
+    if rows.shape[-1] != layout.num_tokens:
+        # A wrong grid would silently misplace every map, so this is checked, never assumed.
+        raise UnsupportedModelError(
+            f"{type(model).__name__} attended over {rows.shape[-1]} tokens, but the layout "
+            f"({layout.num_prefix_tokens} prefix tokens, {layout.grid[0]}x{layout.grid[1]} "
+            f"patches) has {layout.num_tokens}"
+        )
+    return extraction
+
+
+def _checked_pixels(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
+        shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        raise ImageError(f"pixels must be a (batch, channels, height, width) tensor, got {shape}")
+    parameter = next(model.parameters())
+    if pixels.device != parameter.device:
+        raise ImageError(
+            f"pixels are on {pixels.device} but the model is on {parameter.device}; "
+            f"move them with pixels.to({str(parameter.device)!r})"
+        )
+    if not pixels.is_floating_point():
+        raise ImageError(
+            f"pixels must be a float tensor normalised for the model, got {pixels.dtype}"
+        )
+    return pixels.to(parameter.dtype)
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the call (dropout off), each module's own flag restored after."""
+    if not model.training and not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in saved:
+            module.training = flag

@@ -1,22 +1,20 @@
-"""Where a timm ViT keeps its CLS attention: the attention modules and the token layout.
+"""Where a model keeps its CLS attention: the attention sites, the queries and the token layout.
 
 Everything about token layout is read from the model (``num_prefix_tokens``, the patch
-embedding's grid), never written as ``1:`` or ``14``: those break on distillation tokens,
-register tokens and non-square inputs.
+embedding), never written as ``1:`` or ``14``: those break on distillation tokens, register
+tokens and non-square inputs. ``describe`` (in ``extract.describe``) builds an ``Anatomy``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
-from pytest_vitattn.errors import UnsupportedModelError
+from pytest_vitattn.errors import AttentionValueError, UnsupportedModelError
 
-_NO_TOKEN_ATTENTION_HINT = (
-    "pytest-vitattn reads the attention of the CLS token over image patches, which needs a "
-    "ViT-style model with a class token (e.g. vit_*, deit_*, the shipped vitattn_tiny_shapes)."
-)
+GridRule = Callable[[nn.Module, tuple[int, int]], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -24,13 +22,17 @@ class AttentionSite:
     """One attention module whose softmax this package reads.
 
     Attributes:
-        module_path: dotted path of the attention module, e.g. ``"blocks.3.attn"``.
-        fx_node: torch.fx node whose output is that module's softmax matrix
-            (batch, heads, tokens, tokens), e.g. ``"blocks.3.attn.attn_drop"``.
+        module_path: dotted path of the module that computes the attention, e.g.
+            ``"blocks.3.attn"`` (``"blocks.3"`` for parallel blocks, ``"attn_pool"``).
+        fx_node: torch.fx node whose output is that module's softmax
+            (batch, heads, queries, tokens), e.g. ``"blocks.3.attn.attn_drop"``.
+        layer: the layer this site belongs to; sites of one layer (parallel attention
+            branches) are read as one layer with their heads side by side.
     """
 
     module_path: str
     fx_node: str
+    layer: int
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TokenLayout:
 
     Attributes:
         num_prefix_tokens: tokens before the patches (CLS, distillation, registers).
-        query_index: index of the token whose attention row is read (0 is CLS).
+        query_index: index of the query whose attention row is read (0 is CLS).
         grid: (grid_h, grid_w) patch grid of this input.
     """
 
@@ -61,67 +63,79 @@ class Anatomy:
     """The parts of a model that CLS attention extraction needs.
 
     Attributes:
-        family: a short name of the model family, shown in records.
-        sites: attention modules in forward order, one per layer.
-        num_prefix_tokens: tokens before the patches.
-        query_index: the prefix token whose row is read by default (0, the CLS token).
-        fast_path: whether the CLS rows can be computed from q and k while the model keeps
-            its fused attention (see ``extract.fast``).
+        family: short name of the model family, e.g. ``"vit"``, ``"cait"``, ``"map-pool"``.
+        sites: attention sites in forward order.
+        num_prefix_tokens: tokens before the patches in the keys of every site.
+        query_index: the query row read by default (0: the CLS token, or the attention-pool
+            query), or None when the model has no CLS-like query (``no_query_reason`` says why).
+        fast_path: whether rows can be computed from the q and k that each site hands to
+            the fused attention kernel (see ``extract.fast``).
+        num_queries: query rows that may be read: indices 0 .. num_queries - 1.
+        named_queries: names users may give for query rows, e.g. ``(("cls", 0), ("dist", 1))``.
+        has_rollout: whether attention rollout is defined (square self-attention over the
+            same tokens in every layer; not for class attention or attention pooling).
+        grid_rule: (model, (height, width)) -> (grid_h, grid_w) patch grid of an input.
+        no_query_reason: why there is no default query, with what to do instead.
     """
 
     family: str
     sites: tuple[AttentionSite, ...]
     num_prefix_tokens: int
-    query_index: int
+    query_index: int | None
     fast_path: bool
+    num_queries: int
+    named_queries: tuple[tuple[str, int], ...]
+    has_rollout: bool
+    grid_rule: GridRule
+    no_query_reason: str = ""
 
     @property
     def num_layers(self) -> int:
-        return len(self.sites)
+        return len({site.layer for site in self.sites})
 
-    def layout(self, model: nn.Module, input_hw: tuple[int, int]) -> TokenLayout:
-        """The token layout of ``model`` for an input of ``input_hw`` = (height, width)."""
-        patch_embed = model.patch_embed
-        if getattr(model, "dynamic_img_size", False):
-            grid = tuple(int(g) for g in patch_embed.dynamic_feat_size(input_hw))
-        else:
-            grid = tuple(int(g) for g in patch_embed.grid_size)
-        return TokenLayout(self.num_prefix_tokens, self.query_index, grid)
+    def layout(
+        self, model: nn.Module, input_hw: tuple[int, int], query_index: int | None = None
+    ) -> TokenLayout:
+        """The token layout of ``model`` for an input of ``input_hw`` = (height, width).
 
+        Args:
+            query_index: the query row to read; None for the default (CLS) query.
 
-def describe(model: nn.Module) -> Anatomy:
-    """Find the CLS attention sites of a timm model, or refuse with the reason.
-
-    Raises:
-        UnsupportedModelError: the model has no token attention or no CLS token.
-    """
-    from timm.layers import Attention
-
-    name = type(model).__name__
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not hasattr(model, "patch_embed"):
-        raise UnsupportedModelError(
-            f"{name} has no transformer blocks with token attention. {_NO_TOKEN_ATTENTION_HINT}"
+        Raises:
+            UnsupportedModelError: no default query (see ``no_query_reason``).
+            AttentionValueError: ``query_index`` is out of range.
+        """
+        return TokenLayout(
+            self.num_prefix_tokens,
+            self.resolve_query(query_index),
+            self.grid_rule(model, input_hw),
         )
-    if getattr(model, "cls_token", None) is None:
-        raise UnsupportedModelError(
-            f"{name} has no CLS token (class_token=False, e.g. a *_gap_* model), so there is "
-            f"no CLS attention row to read; reading row 0 would show a patch's attention "
-            f"instead. {_NO_TOKEN_ATTENTION_HINT}"
-        )
-    sites = []
-    for index, block in enumerate(blocks):
-        attn = getattr(block, "attn", None)
-        if not isinstance(attn, Attention):
+
+    def resolve_query(self, token: str | int | None, model_name: str = "the model") -> int:
+        """The query row for ``token``: None (the default), a name ("cls", "dist") or an index.
+
+        Raises:
+            UnsupportedModelError: the model has no such query token.
+        """
+        names = dict(self.named_queries)
+        if token is None or token == "cls":
+            if self.query_index is None:
+                raise UnsupportedModelError(self.no_query_reason)
+            return self.query_index
+        if isinstance(token, str):
+            if token in names:
+                return names[token]
+            have = ", ".join(f"token={name!r}" for name in names) or "integer indices"
             raise UnsupportedModelError(
-                f"{name} block {index} uses {type(attn).__name__}, not timm's token "
-                f"attention, so its CLS attention cannot be read. {_NO_TOKEN_ATTENTION_HINT}"
+                f"token={token!r} was asked for, but {model_name} has no such token; "
+                f"it offers {have}"
             )
-        sites.append(AttentionSite(f"blocks.{index}.attn", f"blocks.{index}.attn.attn_drop"))
-    return Anatomy(
-        family="vit",
-        sites=tuple(sites),
-        num_prefix_tokens=int(model.num_prefix_tokens),
-        query_index=0,
-        fast_path=True,
-    )
+        index = int(token)
+        if not 0 <= index < self.num_queries:
+            raise AttentionValueError(
+                f"token={index} is not a query token of {model_name}, which has "
+                f"{self.num_queries} (indices 0..{self.num_queries - 1})"
+                if self.num_queries
+                else f"token={index} was asked for, but {model_name} has no query tokens"
+            )
+        return index

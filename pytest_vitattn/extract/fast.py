@@ -1,10 +1,15 @@
-"""Fast CLS rows: keep the model's fused attention and compute only the rows we read.
+"""Fast query rows: keep the model's fused attention and compute only the rows that are read.
 
-For each attention module, forward hooks catch q and k after ``q_norm``/``k_norm`` (the
-tensors the fused kernel receives) and compute ``softmax((q_cls * scale) @ k^T)``: O(H * N * D)
-extra work per layer instead of the O(H * N^2 * D) full matrix. Attention rollout, when asked
-for, needs the full matrix of one layer at a time and folds it into a running product, so
-memory stays O(N^2) instead of O(L * H * N^2).
+Each attention site hands q, k and its bias (relative position bias, masks) to
+``F.scaled_dot_product_attention``, after q_norm/k_norm and RoPE. While a site runs, a
+``TorchFunctionMode`` sees that call, computes ``softmax((q_query * scale) @ k^T + bias)`` from
+the very same tensors, and passes the call on unchanged. Extra work per site: O(H * N * D)
+instead of the O(H * N^2 * D) full matrix; memory: the (B, H, N) rows. The mode is active
+only inside the sites, so the rest of the forward pays nothing.
+
+Attention rollout needs every layer's full matrix: with rollout the site computes it from the
+same q and k, folds it into a running (B, N, N) product and drops it, so memory stays
+O(N^2) instead of the fx path's O(L * H * N^2).
 """
 
 from __future__ import annotations
@@ -13,88 +18,190 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pytest_vitattn.errors import UnsupportedModelError
-from pytest_vitattn.extract.anatomy import Anatomy, TokenLayout
+from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite
 from pytest_vitattn.maps import rollout_step
-
-
-class _RowCollector:
-    """Receives q then k of each layer through hooks and keeps only what is asked for."""
-
-    def __init__(self, layout: TokenLayout, rollout_fusion: str | None) -> None:
-        self.layout = layout
-        self.rollout_fusion = rollout_fusion
-        self.rows: list[torch.Tensor] = []
-        self.rollout_rows: list[torch.Tensor] = []
-        self._running: torch.Tensor | None = None
-        self._pending_q: torch.Tensor | None = None
-
-    def catch_q(self, _module: nn.Module, _inputs: tuple, q: torch.Tensor) -> None:
-        self._pending_q = q
-
-    def catch_k(self, attn: nn.Module, _inputs: tuple, k: torch.Tensor) -> None:
-        q, self._pending_q = self._pending_q, None
-        if q is None:
-            raise UnsupportedModelError(f"{type(attn).__name__} computed k before q")
-        index = self.layout.query_index
-        logits = (q[:, :, index : index + 1].float() * attn.scale) @ k.float().transpose(-2, -1)
-        self.rows.append(logits.softmax(dim=-1)[:, :, 0, :].cpu())
-        if self.rollout_fusion is not None:
-            full = ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
-            self._running = rollout_step(self._running, full, self.rollout_fusion)
-            self.rollout_rows.append(self._running[:, index, :].cpu())
-
-
-@contextlib.contextmanager
-def _hooked(model: nn.Module, anatomy: Anatomy, collector: _RowCollector) -> Iterator[None]:
-    handles = []
-    try:
-        for site in anatomy.sites:
-            attn = model.get_submodule(site.module_path)
-            handles.append(attn.q_norm.register_forward_hook(collector.catch_q))
-            handles.append(
-                attn.k_norm.register_forward_hook(
-                    lambda _m, i, k, attn=attn: collector.catch_k(attn, i, k)
-                )
-            )
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def fast_cls_rows(
     model: nn.Module,
     pixels: torch.Tensor,
     anatomy: Anatomy,
-    layout: TokenLayout,
+    query_index: int,
     rollout_fusion: str | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Extract the query token's attention rows during one ordinary forward pass.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Extract the query's attention rows during one ordinary (fused) forward pass.
 
     Args:
-        pixels: (B, 3, height, width) normalised model input.
-        layout: token layout of this input; ``layout.query_index`` selects the row.
+        model: the model, in eval mode; its fused-attention flags are set on the sites
+            for the call and restored.
+        pixels: (B, 3, height, width) normalised model input, on the model's device.
+        anatomy: the model's anatomy; ``anatomy.fast_path`` must be true.
+        query_index: query row to read (0: CLS).
         rollout_fusion: head fusion for attention rollout, or None to skip rollout.
 
     Returns:
-        rows: (B, L, H, N) float32 softmax rows of the query token.
-        rollout: (B, L, N) float32 rollout rows after each layer, or None.
-        logits: (B, classes) the model's output for the batch.
+        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
+        rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None.
+        logits: (B, classes) float32 model output (CPU), or None if it is not a tensor.
     """
     if not anatomy.fast_path:
         raise UnsupportedModelError(
             f"the fast path does not support the {anatomy.family} family; use extraction='fx'"
         )
-    collector = _RowCollector(layout, rollout_fusion)
-    with _hooked(model, anatomy, collector), torch.inference_mode():
-        logits = model(pixels)
-    if len(collector.rows) != anatomy.num_layers:
-        raise UnsupportedModelError(
-            f"the fast path saw {len(collector.rows)} attention layers, expected "
-            f"{anatomy.num_layers}; use extraction='fx' for this model"
-        )
-    rollout = torch.stack(collector.rollout_rows, dim=1) if collector.rollout_rows else None
-    return torch.stack(collector.rows, dim=1), rollout, logits.float().cpu()
+    fusion = rollout_fusion if anatomy.has_rollout else None
+    capture = _RowCapture(anatomy.sites, query_index, fusion)
+    with _capturing(model, anatomy.sites, capture), torch.inference_mode():
+        output = model(pixels)
+    rows, rollout = capture.result()
+    logits = output.float().cpu() if isinstance(output, torch.Tensor) else None
+    return rows, rollout, logits
+
+
+class _RowCapture(TorchFunctionMode):
+    """Computes query rows from each site's SDPA call; entered only while a site runs."""
+
+    def __init__(
+        self, sites: tuple[AttentionSite, ...], query_index: int, fusion: str | None
+    ) -> None:
+        super().__init__()
+        self.sites = sites
+        self.query_index = query_index
+        self.fusion = fusion
+        self.site_rows: list[torch.Tensor] = []
+        self.rollout_rows: list[torch.Tensor] = []
+        self._layer_matrices: list[torch.Tensor] = []
+        self._running: torch.Tensor | None = None
+        self._calls = 0
+        self.active = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self._calls += 1
+            self._observe(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def enter_site(self) -> None:
+        self._calls = 0
+        self.__enter__()
+        self.active = True
+
+    def exit_site(self, index: int) -> None:
+        self.active = False
+        self.__exit__(None, None, None)
+        if self._calls != 1:
+            raise UnsupportedModelError(
+                f"{self.sites[index].module_path} made {self._calls} fused attention calls, "
+                f"expected 1, so its rows cannot be read on the fast path; use extraction='fx'"
+            )
+        site = self.sites[index]
+        last_of_layer = index + 1 == len(self.sites) or self.sites[index + 1].layer != site.layer
+        if self.fusion is not None and last_of_layer:
+            full = torch.cat(self._layer_matrices, dim=1)
+            self._layer_matrices.clear()
+            self._running = rollout_step(self._running, full, self.fusion)
+            self.rollout_rows.append(self._running[:, self.query_index, :])
+
+    def _observe(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> None:
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        if key.shape[-3] != query.shape[-3]:  # grouped-query attention: share k among heads
+            key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+        index = self.query_index
+        key = _f32(key)
+        # (q * scale) first, as in timm's non-fused branch. k @ q^T, a matrix-vector product
+        # that reads k in place, is several times faster than q @ k^T on the strided k views
+        # timm passes (that one copies k).
+        query_row = _f32(query[..., index : index + 1, :]) * scale
+        logits = (key @ query_row.transpose(-2, -1)).transpose(-2, -1)  # (B, H, 1, N)
+        bias = _bias(attn_mask, is_causal, query.shape[-2], key.shape[-2], logits)
+        if bias is not None:
+            rows_bias = bias if bias.shape[-2] == 1 else bias[..., index : index + 1, :]
+            logits = logits + rows_bias
+        self.site_rows.append(logits.softmax(dim=-1)[..., 0, :])
+        if self.fusion is not None:
+            full = (_f32(query) * scale) @ key.transpose(-2, -1)
+            if bias is not None:
+                full = full + bias
+            self._layer_matrices.append(full.softmax(dim=-1))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
+        if len(self.site_rows) != len(self.sites):
+            raise UnsupportedModelError(
+                f"the fast path read {len(self.site_rows)} attention sites, expected "
+                f"{len(self.sites)}; use extraction='fx' for this model"
+            )
+        layers: dict[int, list[torch.Tensor]] = {}
+        for site, rows in zip(self.sites, self.site_rows, strict=True):
+            layers.setdefault(site.layer, []).append(rows)
+        stacked = torch.stack([torch.cat(parts, dim=1) for parts in layers.values()], dim=1)
+        rollout = torch.stack(self.rollout_rows, dim=1).cpu() if self.rollout_rows else None
+        return stacked.cpu(), rollout
+
+
+@contextlib.contextmanager
+def _capturing(
+    model: nn.Module, sites: tuple[AttentionSite, ...], capture: _RowCapture
+) -> Iterator[None]:
+    """Hooks on every site, fused attention on for them; all undone on exit, errors too."""
+    handles = []
+    forced = []
+    try:
+        for index, site in enumerate(sites):
+            module = model.get_submodule(site.module_path)
+            if getattr(module, "fused_attn", True) is False:
+                # The rows are read from the fused call, so the site must make it.
+                module.fused_attn = True
+                forced.append(module)
+            handles.append(module.register_forward_pre_hook(lambda *_: capture.enter_site()))
+            handles.append(
+                module.register_forward_hook(lambda *_, index=index: capture.exit_site(index))
+            )
+        yield
+    finally:
+        if capture.active:  # a site raised before its forward hook ran: leave the mode
+            capture.active = False
+            capture.__exit__(None, None, None)
+        for handle in handles:
+            handle.remove()
+        for module in forced:
+            module.fused_attn = False
+
+
+def _f32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def _bias(
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    num_queries: int,
+    num_keys: int,
+    like: torch.Tensor,
+) -> torch.Tensor | None:
+    """The additive bias SDPA applies: float masks as they are, boolean masks as 0 / -inf."""
+    if is_causal:
+        return torch.full(
+            (num_queries, num_keys), float("-inf"), dtype=like.dtype, device=like.device
+        ).triu_(1)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        zeros = torch.zeros(attn_mask.shape, dtype=like.dtype, device=like.device)
+        return zeros.masked_fill_(~attn_mask, float("-inf"))
+    return _f32(attn_mask)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from pytest_vitattn.extract.anatomy import Anatomy, TokenLayout
+from pytest_vitattn.extract.anatomy import Anatomy
 from pytest_vitattn.maps import rollout_step
 
 _EXTRACTORS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[str, ...], nn.Module]] = (
@@ -56,30 +56,34 @@ def fx_cls_rows(
     model: nn.Module,
     pixels: torch.Tensor,
     anatomy: Anatomy,
-    layout: TokenLayout,
+    query_index: int,
     rollout_fusion: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Extract the query token's attention rows by materialising every softmax matrix.
+    """Extract the query's attention rows by materialising every softmax matrix.
 
     Args:
-        pixels: (B, 3, height, width) normalised model input.
-        layout: token layout of this input; ``layout.query_index`` selects the row.
+        pixels: (B, 3, height, width) normalised model input, on the model's device.
+        query_index: query row to read (0: CLS).
         rollout_fusion: head fusion for attention rollout, or None to skip rollout.
 
     Returns:
-        rows: (B, L, H, N) float32 softmax rows of the query token.
-        rollout: (B, L, N) float32 rollout rows of the query token after each layer, or None.
+        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
+        rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None (also when
+            the family has no rollout).
     """
     extractor = attention_extractor(model, anatomy)
     with torch.inference_mode():
         softmaxes = extractor(pixels)
-    rows, rollout_rows, running = [], [], None
+    fusion = rollout_fusion if anatomy.has_rollout else None
+    layers: dict[int, list[torch.Tensor]] = {}
     for site in anatomy.sites:
-        attention = softmaxes.pop(site.fx_node)
-        rows.append(attention[:, :, layout.query_index, :].float().cpu())
-        if rollout_fusion is not None:
-            running = rollout_step(running, attention, rollout_fusion)
-            rollout_rows.append(running[:, layout.query_index, :].cpu())
-        del attention
-    stacked_rollout = torch.stack(rollout_rows, dim=1) if rollout_rows else None
-    return torch.stack(rows, dim=1), stacked_rollout
+        layers.setdefault(site.layer, []).append(softmaxes.pop(site.fx_node))
+    rows, rollout_rows, running = [], [], None
+    for matrices in layers.values():
+        attention = torch.cat(matrices, dim=1).float()  # parallel branches: heads side by side
+        rows.append(attention[:, :, query_index, :])
+        if fusion is not None:
+            running = rollout_step(running, attention, fusion)
+            rollout_rows.append(running[:, query_index, :])
+    stacked_rollout = torch.stack(rollout_rows, dim=1).cpu() if rollout_rows else None
+    return torch.stack(rows, dim=1).cpu(), stacked_rollout

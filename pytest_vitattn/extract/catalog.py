@@ -1,0 +1,283 @@
+"""The table of timm model families: what pytest-vitattn reads from each, or why it refuses.
+
+``tests/test_families.py`` runs every row on a tiny random-weight instance and checks the
+claim (maps equal to an independent computation, or the refusal); the README table is printed
+from the same rows::
+
+    python -m pytest_vitattn.extract.catalog
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED = "supported"
+REGISTERS_ONLY = "register rows only"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """One family, the claim made about it, and the tiny model that checks the claim.
+
+    Attributes:
+        family: the family's name in the README.
+        examples: timm model names of the family.
+        status: SUPPORTED, REGISTERS_ONLY or REFUSED.
+        what: what is read (the query, the layers), or why it is refused.
+        model: timm name of the checked instance (random weights).
+        kwargs: overrides that make it tiny, passed to ``timm.create_model``.
+        input_hw: (height, width) of the checked input.
+        grid: the patch grid that input must give, worked out by hand (None if refused).
+        layers: the number of layers read (None if refused).
+        refusal: a phrase the refusal message must contain (refused rows).
+    """
+
+    family: str
+    examples: str
+    status: str
+    what: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_hw: tuple[int, int] = (64, 64)
+    grid: tuple[int, int] | None = None
+    layers: int | None = None
+    refusal: str = ""
+
+
+_SMALL = {"embed_dim": 64, "num_heads": 2}
+
+FAMILIES: tuple[FamilyCase, ...] = (
+    FamilyCase(
+        "ViT",
+        "`vit_*_patch*` (class token)",
+        SUPPORTED,
+        "CLS row of every block",
+        "vit_small_patch16_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "DeiT",
+        "`deit_*_patch16_*`",
+        SUPPORTED,
+        "CLS row of every block",
+        "deit_tiny_patch16_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "DeiT distilled",
+        "`deit_*_distilled_*`",
+        SUPPORTED,
+        "CLS row (`token='cls'`) or distillation row (`token='dist'`); both tokens "
+        "dropped from the map",
+        "deit_tiny_distilled_patch16_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "DeiT-III",
+        "`deit3_*`",
+        SUPPORTED,
+        "CLS row of every block",
+        "deit3_small_patch16_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "FlexiViT",
+        "`flexivit_*`",
+        SUPPORTED,
+        "CLS row of every block",
+        "flexivit_small",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Hybrid ViT",
+        "`vit_*_r*_s*` (ResNet stem)",
+        SUPPORTED,
+        "CLS row of every block; grid from the stem's feature map",
+        "vit_tiny_r_s16_p8_224",
+        {"depth": 2, "img_size": 64},
+        grid=(2, 2),
+        layers=2,
+    ),
+    FamilyCase(
+        "ViT with registers (DINOv2-style)",
+        "`vit_*_reg4_dinov2`, `vit_*_reg*` with class token",
+        SUPPORTED,
+        "CLS row; register tokens dropped from the map; `token=1..4` reads a register row",
+        "vit_small_patch14_reg4_dinov2",
+        {"depth": 2, "img_size": 56},
+        input_hw=(56, 56),
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Non-square input (`dynamic_img_size=True`)",
+        "any of the above created with `dynamic_img_size=True`",
+        SUPPORTED,
+        "CLS row; grid from the input (here 48x96 -> 3x6), not `patch_embed.grid_size`",
+        "vit_small_patch16_224",
+        {"depth": 2, "img_size": 64, "dynamic_img_size": True},
+        input_hw=(48, 96),
+        grid=(3, 6),
+        layers=2,
+    ),
+    FamilyCase(
+        "Registers, no class token",
+        "`vit_*_reg*_gap_*`",
+        REGISTERS_ONLY,
+        "no CLS token: `token='cls'` is refused; `token=0..3` reads a register row",
+        "vit_medium_patch16_reg4_gap_256",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        grid=(4, 4),
+        layers=2,
+        refusal="has no CLS token",
+    ),
+    FamilyCase(
+        "Global average pooling, no class token",
+        "`vit_*_gap_*`, `*_siglip_gap_*`",
+        REFUSED,
+        "no CLS token, no registers, no pooling query: no row is a CLS row",
+        "vit_base_patch16_gap_224",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        refusal="has no CLS token",
+    ),
+    FamilyCase(
+        "EVA",
+        "`eva_giant_*`, `eva_large_*`",
+        SUPPORTED,
+        "CLS row of every block",
+        "eva_giant_patch14_224",
+        {"depth": 2, "img_size": 56, **_SMALL},
+        input_hw=(56, 56),
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "EVA-02 (RoPE, separate q/k/v)",
+        "`eva02_*`",
+        SUPPORTED,
+        "CLS row of every block, after RoPE",
+        "eva02_tiny_patch14_224",
+        {"depth": 2, "img_size": 56},
+        input_hw=(56, 56),
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "RoPE ViT",
+        "`vit_*_rope_*` with class token",
+        SUPPORTED,
+        "CLS row of every block, after RoPE",
+        "vit_small_patch16_rope_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "BEiT",
+        "`beit_*`, `beitv2_*`",
+        SUPPORTED,
+        "CLS row of every block, relative position bias included",
+        "beit_base_patch16_224",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Attention pooling (SigLIP, `global_pool='map'`)",
+        "`vit_*_siglip_*` (not `_gap_`), `*_map_*`",
+        SUPPORTED,
+        "the pooling query's attention over the final patch tokens (one layer, the CLS-like "
+        "query; `token='cls'` selects it); no rollout",
+        "vit_base_patch16_siglip_224",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        grid=(4, 4),
+        layers=1,
+    ),
+    FamilyCase(
+        "CaiT",
+        "`cait_*`",
+        SUPPORTED,
+        "CLS row of the class-attention blocks only (the talking-heads patch blocks have no "
+        "CLS token); no rollout",
+        "cait_xxs24_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "XCiT",
+        "`xcit_*`",
+        SUPPORTED,
+        "CLS row of the class-attention blocks only (the XCA blocks attend over channels); "
+        "no rollout",
+        "xcit_nano_12_p16_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Parallel-scaling blocks",
+        "`vit_*_xp_*`",
+        SUPPORTED,
+        "CLS row of every block (attention computed by the block itself)",
+        "vit_base_patch16_xp_224",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Parallel attention branches",
+        "`vit_*_18x2_*`",
+        SUPPORTED,
+        "CLS row of every block; the branches' heads side by side (2 x heads)",
+        "vit_small_patch16_18x2_224",
+        {"depth": 2, "img_size": 64},
+        grid=(4, 4),
+        layers=2,
+    ),
+    FamilyCase(
+        "Swin",
+        "`swin_*`",
+        REFUSED,
+        "windowed attention, no CLS token",
+        "swin_tiny_patch4_window7_224",
+        {"depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 1, 1, 1)},
+        input_hw=(224, 224),
+        refusal="has no transformer blocks with token attention",
+    ),
+    FamilyCase(
+        "CNNs",
+        "`resnet*`, `convnext*`, ...",
+        REFUSED,
+        "no attention",
+        "resnet18",
+        refusal="has no transformer blocks with token attention",
+    ),
+)
+
+
+def markdown_table() -> str:
+    """The README table of families, one row per ``FAMILIES`` entry."""
+    lines = [
+        "| Family | timm models | Status | What is read |",
+        "|---|---|---|---|",
+    ]
+    for case in FAMILIES:
+        lines.append(f"| {case.family} | {case.examples} | {case.status} | {case.what} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

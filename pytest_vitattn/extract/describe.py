@@ -1,0 +1,192 @@
+"""Recognise a timm model's family and build its ``Anatomy``, or refuse with the reason.
+
+Families (see ``extract.catalog`` for the table with examples):
+
+* token self-attention with a CLS token (ViT, DeiT, DeiT-III, FlexiViT, DINOv2 and other
+  register models, EVA/EVA-02, BEiT, parallel blocks): one row per block, query = CLS (or the
+  distillation / a register token when asked);
+* class attention (CaiT, XCiT): only the class-attention blocks, whose single query is the
+  CLS token; the patch blocks before them have no CLS token in their attention;
+* attention pooling (``global_pool='map'``, e.g. SigLIP): the pooling query's attention over
+  the final tokens, one layer; the blocks have no CLS token;
+* no CLS but register tokens (``*_reg*_gap_*``): register rows only when asked for by index;
+* anything else (no CLS, no registers, no pooling query; Swin; CNNs): refused.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pytest_vitattn.errors import UnsupportedModelError
+from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite
+from pytest_vitattn.extract.grids import conv_stack_grid, patch_embed_grid
+from pytest_vitattn.extract.sites import site_kind
+
+_WHAT_WORKS = (
+    "pytest-vitattn reads the attention of a CLS-like query over image patches: ViT-style "
+    "models with a class token (vit_*, deit*, eva02_*, beit*, cait_*, xcit_*, dinov2 with "
+    "registers), attention-pooling models (global_pool='map'), or the shipped "
+    "vitattn_tiny_shapes."
+)
+
+_FAMILY_OF_CLASS = {
+    "VisionTransformer": "vit",
+    "VisionTransformerDistilled": "deit-distilled",
+    "Eva": "eva",
+    "Beit": "beit",
+    "Cait": "cait",
+    "Xcit": "xcit",
+}
+
+
+def describe(model: nn.Module) -> Anatomy:
+    """Find the CLS attention sites of a timm model, or refuse with the reason.
+
+    Raises:
+        UnsupportedModelError: no readable CLS-like attention; the message says why and
+            what would work instead.
+    """
+    name = type(model).__name__
+    if hasattr(model, "blocks_token_only") or hasattr(model, "cls_attn_blocks"):
+        return _class_attention(model, name)
+    if not isinstance(getattr(model, "blocks", None), nn.Module) or not hasattr(
+        model, "patch_embed"
+    ):
+        raise UnsupportedModelError(
+            f"{name} has no transformer blocks with token attention over a patch sequence "
+            f"(Swin's windowed attention and CNNs have no CLS attention row). {_WHAT_WORKS}"
+        )
+    _check_patch_embed(model, name)
+    family = _FAMILY_OF_CLASS.get(name, name.lower())
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    if getattr(model, "cls_token", None) is not None:
+        sites = _block_sites(model)
+        named = [("cls", 0)]
+        if getattr(model, "dist_token", None) is not None:
+            named.append(("dist", 1))
+        return _self_attention(family, sites, prefix, 0, tuple(named))
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None:
+        kind = site_kind(pool, f"{name}.attn_pool")
+        if kind.queries != "latent":
+            raise UnsupportedModelError(f"{name}.attn_pool is not a latent-query pooling")
+        # The pool attends over the final patch tokens, and over the prefix tokens only
+        # when the model says so (timm drops registers before the pool by default).
+        keeps_prefix = bool(getattr(model, "pool_include_prefix", False))
+        return Anatomy(
+            family="map-pool",
+            sites=(AttentionSite("attn_pool", f"attn_pool.{kind.softmax_node}", 0),),
+            num_prefix_tokens=prefix if keeps_prefix else 0,
+            query_index=0,
+            fast_path=True,
+            num_queries=int(pool.latent_len),
+            named_queries=(("cls", 0),),
+            has_rollout=False,
+            grid_rule=patch_embed_grid,
+        )
+    global_pool = getattr(model, "global_pool", None)
+    no_cls = (
+        f"{name} has no CLS token (class_token=False, global_pool={global_pool!r}), so "
+        f"there is no CLS attention row to read; reading row 0 would show another token's "
+        f"attention."
+    )
+    if prefix == 0:
+        raise UnsupportedModelError(f"{no_cls} {_WHAT_WORKS}")
+    return _self_attention(
+        f"{family}-registers",
+        _block_sites(model),
+        prefix,
+        None,
+        (),
+        no_query_reason=(
+            f"{no_cls} It has {prefix} register token(s): token=0..{prefix - 1} reads a "
+            f"register token's attention instead (marker token=..., --vitattn-token)."
+        ),
+    )
+
+
+def _self_attention(
+    family: str,
+    sites: tuple[AttentionSite, ...],
+    prefix: int,
+    query_index: int | None,
+    named: tuple[tuple[str, int], ...],
+    no_query_reason: str = "",
+) -> Anatomy:
+    return Anatomy(
+        family=family,
+        sites=sites,
+        num_prefix_tokens=prefix,
+        query_index=query_index,
+        fast_path=True,
+        num_queries=prefix,
+        named_queries=named,
+        has_rollout=True,
+        grid_rule=patch_embed_grid,
+        no_query_reason=no_query_reason,
+    )
+
+
+def _block_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
+    """One site per block (per parallel branch), each a token self-attention."""
+    from timm.models.vision_transformer import ParallelThingsBlock
+
+    name = type(model).__name__
+    sites = []
+    for layer, block in enumerate(model.blocks):
+        path = f"blocks.{layer}"
+        if isinstance(block, ParallelThingsBlock):
+            branches = [(f"{path}.attns.{i}.attn", b.attn) for i, b in enumerate(block.attns)]
+        elif hasattr(block, "attn"):
+            branches = [(f"{path}.attn", block.attn)]
+        else:
+            branches = [(path, block)]  # parallel-scaling blocks compute attention themselves
+        for module_path, module in branches:
+            kind = site_kind(module, f"{name}.{module_path}")
+            if kind.queries != "tokens":
+                raise UnsupportedModelError(f"{name}.{module_path} is not token self-attention")
+            sites.append(AttentionSite(module_path, f"{module_path}.{kind.softmax_node}", layer))
+    if not sites:
+        raise UnsupportedModelError(f"{name} has no transformer blocks. {_WHAT_WORKS}")
+    return tuple(sites)
+
+
+def _class_attention(model: nn.Module, name: str) -> Anatomy:
+    """CaiT (``blocks_token_only``) and XCiT (``cls_attn_blocks``): class-attention blocks."""
+    attr = "blocks_token_only" if hasattr(model, "blocks_token_only") else "cls_attn_blocks"
+    blocks = getattr(model, attr)
+    if blocks is None or getattr(model, "cls_token", None) is None:
+        raise UnsupportedModelError(
+            f"{name} was reset without its class token and class-attention blocks "
+            f"(global_pool=''), so it has no CLS attention. {_WHAT_WORKS}"
+        )
+    sites = []
+    for layer, block in enumerate(blocks):
+        path = f"{attr}.{layer}.attn"
+        kind = site_kind(block.attn, f"{name}.{path}")
+        if kind.queries != "class":
+            raise UnsupportedModelError(f"{name}.{path} is not class attention")
+        sites.append(AttentionSite(path, f"{path}.{kind.softmax_node}", layer))
+    family = _FAMILY_OF_CLASS.get(name, name.lower())
+    return Anatomy(
+        family=family,
+        sites=tuple(sites),
+        num_prefix_tokens=1,
+        query_index=0,
+        fast_path=True,
+        num_queries=1,
+        named_queries=(("cls", 0),),
+        has_rollout=False,
+        grid_rule=conv_stack_grid if family == "xcit" else patch_embed_grid,
+    )
+
+
+def _check_patch_embed(model: nn.Module, name: str) -> None:
+    from timm.layers import HybridEmbed, PatchEmbed
+
+    if not isinstance(model.patch_embed, (PatchEmbed, HybridEmbed)):
+        raise UnsupportedModelError(
+            f"{name} embeds patches with {type(model.patch_embed).__name__}, whose patch grid "
+            f"pytest-vitattn cannot read, so it cannot place attention on the image. "
+            f"{_WHAT_WORKS}"
+        )
