@@ -8,7 +8,7 @@ messages (see ``expect``). Every number computed is added to the image's record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pytest_vitattn import metrics
-from pytest_vitattn.errors import AttentionValueError, MaskError, user_facing
+from pytest_vitattn.errors import AttentionValueError, BaselineError, MaskError, user_facing
 from pytest_vitattn.images import label_of, load_mask
 from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, upsample
 from pytest_vitattn.preprocess import Geometry, Preprocessing
@@ -57,6 +57,7 @@ class CLSAttention:
         preprocessing: Preprocessing,
         record: AttentionRecord,
         report_hint: Callable[[AttentionRecord], str] | None = None,
+        baselines: Any = None,
     ) -> None:
         self.maps = maps
         self.rollout_maps = rollout_maps
@@ -65,6 +66,7 @@ class CLSAttention:
         self.preprocessing = preprocessing
         self.record = record
         self._report_hint = report_hint
+        self._baselines = baselines
         self._masks: dict[Any, ResolvedMask] = {}
 
     @property
@@ -98,7 +100,7 @@ class CLSAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
         resolved = _resolve_index(index, self.num_layers, "layer")
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
-        return LayerAttention(self, self.maps[resolved], label)
+        return LayerAttention(self, self.maps[resolved], label, index=resolved)
 
     @user_facing
     def rollout(self, layer: int = -1) -> AttentionMap:
@@ -130,6 +132,39 @@ class CLSAttention:
         Example: ``attn.expect(layer=-1).mass_in(mask, at_least=0.6)``.
         """
         return self.select(layer, head, fusion, rollout).expect()
+
+    @user_facing
+    def matches_baseline(self, tolerance: Any = None, layers: Sequence[int] | None = None) -> Any:
+        """Every head of every layer matches this test's stored baseline within ``tolerance``.
+
+        The first run writes the baseline (see ``pytest_vitattn.regression`` for the rules on
+        missing baselines, ``--vitattn-update-baselines`` and CI).
+
+        Args:
+            tolerance: the largest Jensen-Shannon divergence per map, or bounds as a dict,
+                string or ``Tolerance``; default: marker > CLI > ini > 0.02.
+            layers: compare only these layers (negative counts from the end).
+
+        Returns:
+            The ``drift.Drift`` measures, arrays of shape (layers, heads).
+
+        Raises:
+            AssertionError: maps drifted past the tolerance (worst listed first), or the
+                baseline was missing.
+            BaselineError: the baseline is corrupt or was made under other conditions.
+        """
+        __tracebackhide__ = True
+        hint = self.report_hint()
+        return self.baselines().check_record(self.record, tolerance, layers, hint)
+
+    def baselines(self) -> Any:
+        """The test's ``regression.TestBaselines``; only probes made by the fixture have one."""
+        if self._baselines is None:
+            raise BaselineError(
+                "attention baselines belong to a pytest test: use the vitattn fixture, or "
+                "give the Probe a ProbeContext(baselines=regression.TestBaselines(...))"
+            )
+        return self._baselines
 
     @user_facing
     def mask(self, source: Any) -> ResolvedMask:
@@ -168,10 +203,13 @@ class CLSAttention:
 class LayerAttention:
     """One layer's CLS attention maps, (H, grid_h, grid_w)."""
 
-    def __init__(self, parent: CLSAttention, maps: torch.Tensor, label: str) -> None:
+    def __init__(
+        self, parent: CLSAttention, maps: torch.Tensor, label: str, index: int | None = None
+    ) -> None:
         self.parent = parent
         self.maps = maps
         self.label = label
+        self.index = index
 
     @property
     def num_heads(self) -> int:
@@ -180,7 +218,8 @@ class LayerAttention:
     @user_facing
     def head(self, index: int) -> AttentionMap:
         resolved = _resolve_index(index, self.num_heads, "head")
-        return AttentionMap(self.parent, self.maps[resolved], f"{self.label}, head {resolved}")
+        label = f"{self.label}, head {resolved}"
+        return AttentionMap(self.parent, self.maps[resolved], label, _taker(self.index, resolved))
 
     @user_facing
     def fuse(self, how: str = "mean") -> AttentionMap:
@@ -188,7 +227,8 @@ class LayerAttention:
         if how not in HEAD_FUSIONS:
             raise ValueError(f"fusion {how!r} is not one of {', '.join(HEAD_FUSIONS)}")
         fused = fuse_heads(self.maps, how, dim=0)
-        return AttentionMap(self.parent, fused, f"{self.label}, {how} of {self.num_heads} heads")
+        label = f"{self.label}, {how} of {self.num_heads} heads"
+        return AttentionMap(self.parent, fused, label, _taker(self.index, fusion=how))
 
     def mean_heads(self) -> AttentionMap:
         return self.fuse("mean")
@@ -206,12 +246,21 @@ class AttentionMap:
     Attributes:
         grid: (grid_h, grid_w) float32, sums to 1.
         label: which layer/head/fusion it is, e.g. "layer 11 of 0..11, mean of 3 heads".
+        take: takes the same map from other (L, H, h, w) maps, e.g. a baseline's; None for
+            rollout, which CLS maps alone cannot reproduce.
     """
 
-    def __init__(self, parent: CLSAttention, grid: torch.Tensor, label: str) -> None:
+    def __init__(
+        self,
+        parent: CLSAttention,
+        grid: torch.Tensor,
+        label: str,
+        take: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.parent = parent
         self.grid = grid
         self.label = label
+        self.take = take
 
     def __repr__(self) -> str:
         return f"AttentionMap({self.label!r}, grid={tuple(self.grid.shape)})"
@@ -278,6 +327,17 @@ class AttentionMap:
                 mask=mask.label if mask is not None else None,
             )
         )
+
+
+def _taker(
+    layer: int | None, head: int | None = None, fusion: str | None = None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Takes (L, H, h, w) maps to the (h, w) map of ``layer``'s ``head`` or fused heads."""
+    if layer is None:
+        return None
+    if head is not None:
+        return lambda maps: maps[layer, head]
+    return lambda maps: fuse_heads(torch.from_numpy(maps[layer]), fusion, dim=0).numpy()
 
 
 def _resolve_index(index: int, size: int, what: str) -> int:

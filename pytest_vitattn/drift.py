@@ -129,6 +129,10 @@ class Drift:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.js.shape)
 
+    def reshape(self, *shape: int) -> Drift:
+        """The same measures with the maps' leading shape changed, e.g. (L * H,) -> (L, H)."""
+        return Drift(**{name: getattr(self, name).reshape(shape) for name in MEASURES})
+
     def at(self, index: tuple[int, ...]) -> dict[str, float]:
         """The four numbers of one map, rounded for reports."""
         return {name: round(float(getattr(self, name)[index]), 6) for name in MEASURES}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pytest_vitattn import metrics
 from pytest_vitattn.attention import AttentionMap, ResolvedMask
-from pytest_vitattn.errors import user_facing
+from pytest_vitattn.errors import BaselineError, user_facing
 from pytest_vitattn.records import CheckResult
 
 _TITLES = {
@@ -72,6 +72,32 @@ class Expectation:
         op, threshold = ("<=", at_most) if too_high or at_least is None else (">=", at_least)
         holds = not (too_low or too_high)
         return self._conclude("concentration", value, holds, op, threshold, None)
+
+    @user_facing
+    def matches_baseline(self, tolerance: Any = None) -> Any:
+        """The map matches the same map of this test's stored baseline within ``tolerance``.
+
+        A head is compared with the baseline's head, fused heads with the baseline's heads
+        fused the same way. See ``CLSAttention.matches_baseline`` for every head at once.
+
+        Args:
+            tolerance: the largest Jensen-Shannon divergence, or bounds as a dict, string or
+                ``Tolerance``; default: marker > CLI > ini > 0.02.
+
+        Returns:
+            The ``drift.Drift`` measures of the map (arrays of shape ()).
+        """
+        __tracebackhide__ = True
+        if self.map.take is None:
+            raise BaselineError(
+                f"{self.map.label} cannot be compared with a baseline: baselines hold the "
+                "CLS maps of each layer and head, from which rollout cannot be rebuilt; "
+                "check a layer instead, e.g. attn.expect(layer=-1).matches_baseline()"
+            )
+        parent = self.map.parent
+        return parent.baselines().check_map(
+            parent.record, self.map.take, self.map.label, tolerance, parent.report_hint()
+        )
 
     def _conclude(
         self,

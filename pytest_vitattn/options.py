@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pytest_vitattn.tolerance import DEFAULT_MAX_JS, Tolerance, parse_tolerance
 
 DEFAULT_MODEL = "vitattn_tiny_shapes"
 DEFAULT_REPORT = "vitattn-report/report.html"
@@ -71,6 +73,13 @@ def parse_token(value: str | int) -> str | int:
     raise argparse.ArgumentTypeError(
         f"{value!r} is not a query token: use 'cls', 'dist' or a prefix-token index"
     )
+
+
+def parse_directory(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise argparse.ArgumentTypeError("the baseline directory must be a non-empty path")
+    return value
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,39 @@ SETTINGS: tuple[Setting, ...] = (
         "cls|dist|INDEX",
         "which prefix token's attention row to read (DeiT-distilled: 'dist').",
     ),
+    Setting(
+        "tolerance",
+        parse_tolerance,
+        str(DEFAULT_MAX_JS),
+        "JS|BOUNDS",
+        "how far maps may drift from their baseline: the largest Jensen-Shannon divergence "
+        "per map, or bounds like 'max_js=0.05,min_correlation=0.9'.",
+    ),
+    Setting(
+        "baseline_dir",
+        parse_directory,
+        None,
+        "DIR",
+        "where attention baselines are kept; default: vitattn_baselines/ beside each test file.",
+        is_path=True,
+    ),
+    Setting(
+        "missing_baselines",
+        _choice("auto", "write", "fail"),
+        "auto",
+        "auto|write|fail",
+        "a test without a baseline: write it and pass (write), fail (fail), or auto: "
+        "fail, and outside CI (no CI environment variable) also write it.",
+        in_marker=False,
+    ),
+    Setting(
+        "baseline_model",
+        _choice("compare", "require-same"),
+        "compare",
+        "compare|require-same",
+        "a baseline made with another model or weights: compare the maps and say so "
+        "(compare), or fail (require-same).",
+    ),
 )
 
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -188,6 +230,13 @@ def register(parser: Any) -> None:
         help=f"write the HTML attention report (and results.json beside it); "
         f"default path {DEFAULT_REPORT}.",
     )
+    group.addoption(
+        "--vitattn-update-baselines",
+        dest="vitattn_update_baselines",
+        action="store_true",
+        default=False,
+        help="write the attention baseline of every checked map, replacing what is there.",
+    )
 
 
 def marker_help() -> str:
@@ -204,6 +253,8 @@ def parse_marker_value(key: str, value: Any) -> Any:
     if value is None and key == "rollout":
         return None
     try:
-        return setting.parse(value if isinstance(value, (int, float)) else str(value))
+        # Numbers, and a tolerance given as a dict or Tolerance, keep their type.
+        keep = isinstance(value, (int, float, Mapping, Tolerance))
+        return setting.parse(value if keep else str(value))
     except argparse.ArgumentTypeError as error:
         raise ValueError(f"@pytest.mark.vitattn({key}=...): {error}") from None

@@ -37,12 +37,15 @@ class ProbeContext:
         location: (path, line) of the test function, or None.
         records: list every new record is appended to.
         report_hint: gives the place of a record in the HTML report, for failure messages.
+        baselines: the test's ``regression.TestBaselines`` (store, policy, tolerance), or
+            None outside pytest, where ``matches_baseline`` is unavailable.
     """
 
     nodeid: str = "<probe>"
     location: tuple[str, int] | None = None
     records: list[AttentionRecord] = field(default_factory=list)
     report_hint: Callable[[AttentionRecord], str] | None = None
+    baselines: Any = None
 
 
 class Probe:
@@ -157,6 +160,7 @@ class Probe:
             preprocessing=self.preprocessing,
             record=record,
             report_hint=self.context.report_hint,
+            baselines=self.context.baselines,
         )
 
     def _record_id(self, image_label: str) -> str:

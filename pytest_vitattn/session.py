@@ -7,6 +7,7 @@ Heavy modules (torch, timm) are imported only when a test first asks for a probe
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import pytest
 
 from pytest_vitattn.errors import VitAttnError
 from pytest_vitattn.models import ModelCache, ModelSpec
-from pytest_vitattn.options import SETTINGS, parse_marker_value
+from pytest_vitattn.options import SETTINGS, SETTINGS_BY_KEY, parse_marker_value
+from pytest_vitattn.policy import BaselinePolicy
+from pytest_vitattn.tolerance import Tolerance
 from pytest_vitattn.report.tally import OutcomeTally
 from pytest_vitattn.report.writer import ReportFiles, ReportPathError, check_writable
 
@@ -33,6 +36,10 @@ class TestSettings:
     extraction: str
     rollout: str | None
     token: str | int
+    tolerance: Tolerance
+    baseline_dir: str | None
+    missing_baselines: str
+    baseline_model: str
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, self.weights, self.device)
@@ -47,6 +54,7 @@ class VitattnSession:
         self.models = ModelCache()
         self.records: list[dict[str, Any]] = []
         self.report_path = _report_path(config)
+        self.baseline_policy = _baseline_policy(config, self.run_settings["missing_baselines"])
         self.tally = OutcomeTally()
         self.report_files: ReportFiles | None = None
         self.report_error: str | None = None
@@ -71,7 +79,7 @@ class VitattnSession:
                 value = parse_marker_value(key, raw)
             except ValueError as error:
                 raise VitAttnError(str(error)) from None
-            if key == "weights" and value not in ("pretrained", "random"):
+            if SETTINGS_BY_KEY[key].is_path and value not in ("pretrained", "random"):
                 value = str((Path(str(item.path)).parent / value).resolve())
             values[key] = value
         return TestSettings(**values)
@@ -89,6 +97,7 @@ class VitattnSession:
             else None,
             records=item.stash.setdefault(RECORDS_KEY, []),
             report_hint=self._report_hint,
+            baselines=self._baselines_for(item, settings),
         )
         return Probe(
             loaded,
@@ -97,6 +106,17 @@ class VitattnSession:
             rollout=settings.rollout,
             query_index=_query_index(settings.token, loaded),
             context=context,
+        )
+
+    def _baselines_for(self, item: pytest.Item, settings: TestSettings) -> Any:
+        from pytest_vitattn.baseline import BaselineStore
+        from pytest_vitattn.regression import TestBaselines
+
+        store = BaselineStore.for_test(
+            item.nodeid, Path(str(item.path)), settings.baseline_dir, self.config.rootpath
+        )
+        return TestBaselines(
+            store, self.baseline_policy, settings.tolerance, settings.baseline_model
         )
 
     def attach_records(self, item: pytest.Item, report: pytest.TestReport) -> None:
@@ -181,6 +201,15 @@ def _run_settings(config: pytest.Config) -> dict[str, Any]:
             )
         values[setting.key] = value
     return values
+
+
+def _baseline_policy(config: pytest.Config, missing: str) -> BaselinePolicy:
+    try:
+        return BaselinePolicy.resolve(
+            bool(config.getoption("vitattn_update_baselines")), missing, os.environ
+        )
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def _report_path(config: pytest.Config) -> Path | None:

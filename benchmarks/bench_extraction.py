@@ -1,0 +1,233 @@
+"""Cost of CLS attention extraction next to a plain forward pass; prints Markdown tables.
+
+Usage::
+
+    python benchmarks/bench_extraction.py                 # CPU, 5 repeats, all three models
+    python benchmarks/bench_extraction.py --device cuda   # on a GPU
+    python benchmarks/bench_extraction.py --repeats 3 --models deit_tiny --no-rss
+
+Models (random weights, batch of 2, ``img_size=`` override): deit_tiny_patch16_224 at 224 px
+(197 tokens), vit_small_patch16_224 at 448 px (785 tokens), vit_base_patch16_224 at 512 px
+(1,025 tokens).
+
+Methods, each a complete extraction of one batch:
+
+* ``plain forward``: ``model(x)`` with timm's fused attention; the baseline (ratio 1.00).
+* ``notebook (fx, all matrices)``: the reference notebook's code: ``fused_attn = False`` on
+  every block (of a copy) and torchvision's ``create_feature_extractor`` on the
+  ``attn_drop`` nodes, returning every (B, H, N, N) softmax.
+* ``timm AttentionExtract``: ``timm.utils.AttentionExtract`` (fx, its ``*attn.softmax``
+  default) on a copy with fused attention off; returns every matrix.
+* ``vitattn fx``: this project's fx path (the notebook's method, CLS rows kept).
+* ``vitattn fast``: this project's fast path, no rollout (``--vitattn-rollout=none``).
+* ``vitattn fast + rollout``: the fast path with mean-fusion rollout (the plugin default);
+  rollout needs every layer's full matrix, computed from q and k one layer at a time.
+
+Timing: graphs are traced and every method warmed up first; then each repeat runs every
+method once, side by side (interleaved, so drift in machine speed hits all alike); the
+table shows the median seconds per batch and its ratio to the plain forward's median.
+
+Memory, two measures:
+
+* ``attention held``: bytes of the attention tensors a method hands back and keeps (the
+  matrices, or our (B, L, H, N) rows plus (B, L, N) rollout rows). Exact, machine-independent.
+* ``peak over forward``: extra peak memory of one extraction over a plain forward pass. CPU:
+  peak RSS (``ru_maxrss``) in a fresh subprocess per model and method, after two plain
+  forwards, minus the same before the method runs. CUDA: ``torch.cuda.max_memory_allocated``
+  during the method minus during a plain forward. Skip the CPU subprocesses with ``--no-rss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from pytest_vitattn.extract import extract_cls_attention
+
+MODELS = {
+    "deit_tiny": ("deit_tiny_patch16_224", 224),
+    "vit_small": ("vit_small_patch16_224", 448),
+    "vit_base": ("vit_base_patch16_224", 512),
+}
+METHODS = (
+    "plain forward",
+    "notebook (fx, all matrices)",
+    "timm AttentionExtract",
+    "vitattn fx",
+    "vitattn fast",
+    "vitattn fast + rollout",
+)
+BATCH = 2
+
+Runner = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+def fused_off_copy(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return clone
+
+
+def runner(model: nn.Module, method: str) -> Runner:
+    """``method`` as x -> the attention tensors it hands back (graphs traced here)."""
+    if method == "plain forward":
+        return lambda x: [model(x)][:0]
+    if method == "notebook (fx, all matrices)":
+        nodes = [f"blocks.{i}.attn.attn_drop" for i in range(len(model.blocks))]
+        notebook = create_feature_extractor(fused_off_copy(model), return_nodes=nodes)
+        return lambda x: list(notebook(x).values())
+    if method == "timm AttentionExtract":
+        timm_extract = timm.utils.AttentionExtract(fused_off_copy(model), method="fx")
+        return lambda x: list(timm_extract(x).values())
+    path, rollout = {
+        "vitattn fx": ("fx", None),
+        "vitattn fast": ("fast", None),
+        "vitattn fast + rollout": ("fast", "mean"),
+    }[method]
+
+    def ours(x: torch.Tensor) -> list[torch.Tensor]:
+        extraction = extract_cls_attention(model, x, method=path, rollout_fusion=rollout)
+        return [t for t in (extraction.rows, extraction.rollout) if t is not None]
+
+    return ours
+
+
+def create(name: str, size: int, device: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(MODELS[name][0], pretrained=False, img_size=size).eval()
+    pixels = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return model.to(device), pixels.to(device)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_methods(name: str, device: str, repeats: int) -> dict[str, tuple[float, int, float]]:
+    """Per method: (median seconds, attention bytes held, CUDA peak bytes or nan)."""
+    model, pixels = create(name, MODELS[name][1], device)
+    run = {method: runner(model, method) for method in METHODS}
+    held: dict[str, int] = {}
+    peak: dict[str, float] = {}
+    with torch.inference_mode():
+        for method, fn in run.items():  # warm-up, and the memory measures
+            fn(pixels)
+            sync(device)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+                start = torch.cuda.memory_allocated()
+            tensors = fn(pixels)
+            sync(device)
+            held[method] = sum(t.numel() * t.element_size() for t in tensors)
+            if device.startswith("cuda"):
+                peak[method] = torch.cuda.max_memory_allocated() - start
+            del tensors
+        times: dict[str, list[float]] = {method: [] for method in run}
+        for _ in range(repeats):
+            for method, fn in run.items():
+                sync(device)
+                began = time.perf_counter()
+                fn(pixels)
+                sync(device)
+                times[method].append(time.perf_counter() - began)
+    result = {}
+    for method in run:
+        cuda_peak = peak[method] - peak["plain forward"] if peak else float("nan")
+        result[method] = (statistics.median(times[method]), held[method], cuda_peak)
+    return result
+
+
+def rss_probe(name: str, method: str) -> None:
+    """Child process: print the peak-RSS growth (bytes) of one extraction over a forward."""
+    model, pixels = create(name, MODELS[name][1], "cpu")
+    fn = runner(model, method)
+    with torch.inference_mode():
+        model(pixels)
+        model(pixels)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn(pixels)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+
+
+def rss_growth(name: str, method: str) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-probe", name, method],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def mib(nbytes: float) -> str:
+    if nbytes != nbytes:  # nan
+        return "n/a"
+    return f"{nbytes / 2**20:,.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.1f} KiB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-rss", action="store_true", help="skip the CPU peak-RSS probes")
+    parser.add_argument("--rss-probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        rss_probe(*args.rss_probe)
+        return
+    device_name = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"torch {torch.__version__}, timm {timm.__version__}, {device_name}; batch {BATCH}, "
+        f"random weights, median of {args.repeats} interleaved repeats\n"
+    )
+    for name in args.models:
+        timm_name, size = MODELS[name]
+        tokens = (size // 16) ** 2 + 1
+        results = time_methods(name, args.device, args.repeats)
+        base = results["plain forward"][0]
+        notebook_held = results["notebook (fx, all matrices)"][1]
+        peak_label = (
+            "peak over forward (CUDA alloc)" if args.device != "cpu" else "peak RSS over forward"
+        )
+        print(f"### {timm_name} at {size} px ({tokens} tokens)\n")
+        print(f"| method | s / batch | x plain forward | attention held | {peak_label} |")
+        print("|---|---|---|---|---|")
+        for method, (seconds, held, cuda_peak) in results.items():
+            if args.device == "cpu":
+                peak = float("nan") if args.no_rss else rss_growth(name, method)
+            else:
+                peak = cuda_peak
+            smaller = (
+                f" ({notebook_held / held:,.0f}x less)"
+                if held and method.startswith("vitattn")
+                else ""
+            )
+            print(
+                f"| {method} | {seconds:.3f} | {seconds / base:.2f} | {mib(held)}{smaller} | "
+                f"{mib(peak)} |"
+            )
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Baseline files: where they live, what they hold, and how they are read and written.
+
+One file per test and image, ``<dir>/<module>/<test>[<param>]/<image>.safetensors``:
+
+- ``<dir>`` is ``vitattn_baselines/`` beside the test file, with ``<module>`` the file's
+  stem; or, with ``--vitattn-baseline-dir``/``vitattn_baseline_dir``, that directory with
+  ``<module>`` the test file's path from the rootdir (so equal stems don't collide).
+- test classes are folders (``TestBirds/test_wing``); each name keeps ``A-Z a-z 0-9 _ . , =
+  + - [ ]``; a name that had other characters, or is longer than 64, is cut and gets 8 hex
+  digits of its SHA-1, so different names never share a file. A second probe of the same
+  image in one test is ``<image>-2``. The file records the test and image it belongs to, and
+  reading it from another test is an error.
+
+A file is safetensors: one float16 tensor ``maps`` (L, H, h, w) of CLS attention, and one
+metadata entry ``vitattn`` holding canonical JSON (model, weights id, preprocessing, token
+layout, extraction method, library versions). A single entry keeps the bytes identical from
+run to run (safetensors orders several entries differently in every process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_vitattn.errors import BaselineError
+
+FORMAT = "pytest-vitattn-baseline"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+DEFAULT_DIR_NAME = "vitattn_baselines"
+METADATA_KEY = "vitattn"
+_TENSOR = "maps"
+_VERSIONED_PACKAGES = ("pytest-vitattn", "torch", "timm", "numpy", "safetensors")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+\-\[\]]+")
+_MAX_NAME = 64
+_HEADER_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline read from disk.
+
+    Attributes:
+        maps: (L, H, h, w) float32, the stored float16 values.
+        metadata: what the file says about how the maps were made (see ``describe``).
+    """
+
+    maps: np.ndarray
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BaselineStore:
+    """Where the baselines of one test live.
+
+    Attributes:
+        directory: the test's own folder of baseline files.
+        test: the test's name in its module, e.g. ``"TestBirds::test_wing[large]"``.
+        rootpath: paths are shown relative to this (pytest's rootdir).
+    """
+
+    directory: Path
+    test: str
+    rootpath: Path
+
+    @classmethod
+    def for_test(
+        cls, nodeid: str, test_path: Path, baseline_dir: str | None, rootpath: Path
+    ) -> BaselineStore:
+        """The store of the test ``nodeid`` defined in ``test_path``.
+
+        Args:
+            nodeid: pytest node id, ``"path/to/test_mod.py::TestClass::test_name[param]"``.
+            test_path: the test module's file.
+            baseline_dir: the configured baseline directory, or None for the default
+                ``vitattn_baselines/`` beside the test file.
+            rootpath: pytest's rootdir.
+        """
+        module, _, test = nodeid.partition("::")
+        if baseline_dir is None:
+            base = test_path.parent / DEFAULT_DIR_NAME / safe_name(test_path.stem)
+        else:
+            parts = Path(module).with_suffix("").parts
+            base = Path(baseline_dir).joinpath(*(safe_name(part) for part in parts))
+        return cls(base.joinpath(*(safe_name(name) for name in test.split("::"))), test, rootpath)
+
+    def path_for(self, image_key: str) -> Path:
+        """The file of one probed image; ``image_key`` is its label, "#n" for the n-th probe."""
+        label, _, repeat = image_key.rpartition("#") if "#" in image_key else (image_key, "", "")
+        name = safe_name(label) + (f"-{repeat}" if repeat.isdigit() else "")
+        return self.directory / (name + SUFFIX)
+
+    def shown(self, path: Path) -> str:
+        """``path`` relative to the rootdir when inside it, for messages and reports."""
+        try:
+            return path.resolve().relative_to(self.rootpath.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def safe_name(text: str) -> str:
+    """A file or folder name for ``text``: itself when safe, else cleaned plus a digest."""
+    cleaned = _UNSAFE.sub("_", text).strip(". ")
+    if cleaned == text and 0 < len(text) <= _MAX_NAME:
+        return text
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return f"{cleaned[: _MAX_NAME - 9]}-{digest}" if cleaned else digest
+
+
+def stored_values(maps: np.ndarray) -> np.ndarray:
+    """``maps`` as a baseline stores them: rounded to float16, returned as float32."""
+    return np.asarray(maps, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
+    """What a baseline file says about the maps of ``record`` (an ``AttentionRecord``).
+
+    Only deterministic facts go in (no time, host or absolute path), so that the same run
+    writes the same bytes.
+    """
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "test": test,
+        "image": image_key,
+        "model": {key: record.model.get(key) for key in ("name", "weights", "weights_id")},
+        "device": record.model.get("device"),
+        "preprocessing": dict(record.preprocessing),
+        "method": record.method,
+        "token_layout": {
+            "num_prefix_tokens": int(record.num_prefix_tokens),
+            "query_index": int(record.query_index),
+            "grid": [int(size) for size in record.maps.shape[-2:]],
+        },
+        "shape": [int(size) for size in record.maps.shape],
+        "versions": library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape the maps."""
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = package_metadata.version(package)
+        except package_metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def encode(maps: np.ndarray, metadata: dict[str, Any]) -> bytes:
+    """The bytes of a baseline file: (L, H, h, w) maps as float16 and the metadata.
+
+    The same maps and metadata always give the same bytes.
+    """
+    from safetensors.numpy import save
+
+    if np.asarray(maps).ndim != 4:
+        raise ValueError(f"baseline maps must be (L, H, h, w), got shape {np.shape(maps)}")
+    array = np.ascontiguousarray(np.asarray(maps, dtype=np.float32).astype("<f2"))
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return save({_TENSOR: array}, metadata={METADATA_KEY: text})
+
+
+def write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename.
+
+    A reader (or a crashed run) never sees half a file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read(path: Path, shown: str | None = None) -> Baseline:
+    """Read and check a baseline file; messages call it ``shown`` (default: the path).
+
+    Raises:
+        BaselineError: the file is unreadable, truncated, corrupt, not a pytest-vitattn
+            baseline, or from a newer format; the message names the file and the fix.
+    """
+    where = shown or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BaselineError(f"baseline {where} could not be read: {error}") from None
+    metadata = _metadata(data, where)
+    maps = _maps(data, where)
+    if list(maps.shape) != metadata.get("shape"):
+        raise _corrupt(
+            where, f"maps have shape {list(maps.shape)}, metadata says {metadata.get('shape')}"
+        )
+    return Baseline(maps, metadata)
+
+
+def _metadata(data: bytes, where: str) -> dict[str, Any]:
+    # The safetensors header: 8 bytes of little-endian length, then that much JSON.
+    if len(data) < 8:
+        raise _corrupt(where, f"the file has only {len(data)} bytes")
+    length = int.from_bytes(data[:8], "little")
+    if not 0 < length <= min(_HEADER_LIMIT, len(data) - 8):
+        raise _corrupt(where, "the safetensors header is truncated or invalid")
+    try:
+        header = json.loads(data[8 : 8 + length])
+        entry = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    except (ValueError, AttributeError):
+        raise _corrupt(where, "the safetensors header is not valid JSON") from None
+    if entry is None:
+        raise BaselineError(
+            f"{where} is a safetensors file but not a pytest-vitattn baseline (no "
+            f"'{METADATA_KEY}' metadata); move it out of the baseline directory"
+        )
+    try:
+        metadata = json.loads(entry)
+    except ValueError:
+        raise _corrupt(where, "its metadata is not valid JSON") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise _corrupt(where, f"its metadata does not describe a {FORMAT}")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BaselineError(
+            f"baseline {where} has format version {version!r}; this pytest-vitattn reads "
+            f"version {FORMAT_VERSION}: upgrade pytest-vitattn, or re-create the baseline "
+            "with --vitattn-update-baselines"
+        )
+    return metadata
+
+
+def _maps(data: bytes, where: str) -> np.ndarray:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as error:
+        raise _corrupt(where, f"safetensors could not read it ({error})") from None
+    maps = tensors.get(_TENSOR)
+    if maps is None or maps.dtype != np.float16 or maps.ndim != 4:
+        raise _corrupt(where, f"it has no (L, H, h, w) float16 tensor {_TENSOR!r}")
+    maps = maps.astype(np.float32)
+    sums = maps.reshape(*maps.shape[:2], -1).sum(axis=-1)
+    if not np.isfinite(maps).all() or (maps < 0).any() or (sums <= 0).any():
+        raise _corrupt(where, "its maps are not non-negative finite attention")
+    return maps
+
+
+def _corrupt(where: str, why: str) -> BaselineError:
+    return BaselineError(
+        f"baseline {where} is corrupt: {why}. It was left untouched; restore it from version "
+        "control, or re-create it with --vitattn-update-baselines"
+    )
