@@ -27,7 +27,6 @@ from pytest_vitattn.policy import MISSING_FLAG, UPDATE_FLAG, BaselinePolicy
 from pytest_vitattn.records import AttentionRecord, CheckResult
 from pytest_vitattn.tolerance import Tolerance
 
-MODEL_RULES = ("compare", "require-same")
 TABLE_ROWS = 10
 
 _RANDOM_WEIGHTS = "random-init"
@@ -130,10 +129,10 @@ class TestBaselines:
         image_key = _image_key(record)
         path = self.store.path_for(image_key)
         shown = self.store.shown(path)
-        _refuse_random_weights(record)
+        conclude = _Conclusion(record, tolerance, selection, shown)
+        _refuse_random_weights(record, conclude)
         current = files.stored_values(record.maps)
         metadata = files.describe(record, self.store.test, image_key)
-        conclude = _Conclusion(record, tolerance, selection, shown)
 
         if self.policy.update or (not path.exists() and self.policy.missing != "fail"):
             status = self._write(path, current, metadata)
@@ -146,7 +145,8 @@ class TestBaselines:
 
         stored = _read(path, shown, conclude)
         self._check_identity(stored, image_key, shown, conclude)
-        model_note = self._model_note(stored, metadata, shown, conclude)
+        _check_comparable(stored, metadata, shown, conclude)
+        model_note = self._model_note(stored, metadata, conclude)
         record.baseline = _view(stored.maps, shown, "compared", stored.metadata)
         grid = current.shape[-2:]
         measured = drift.compare(
@@ -178,16 +178,9 @@ class TestBaselines:
             )
 
     def _model_note(
-        self, stored: Baseline, metadata: dict[str, Any], shown: str, conclude: _Conclusion
+        self, stored: Baseline, metadata: dict[str, Any], conclude: _Conclusion
     ) -> str | None:
-        problems = incompatibilities(stored.metadata, metadata)
-        if problems:
-            conclude.error(
-                f"baseline {shown} was made under other conditions, so its maps cannot be "
-                "compared:\n"
-                + "\n".join(f"  - {problem}" for problem in problems)
-                + f"\nIf this change is intended, re-create the baseline: pytest {UPDATE_FLAG}"
-            )
+        """None for the baseline's model and weights; else a sentence naming both."""
         before, now = stored.metadata.get("model", {}), metadata["model"]
         if _model_key(before) == _model_key(now):
             return None
@@ -200,6 +193,19 @@ class TestBaselines:
                 "their attention."
             )
         return note
+
+
+def _check_comparable(
+    stored: Baseline, metadata: dict[str, Any], shown: str, conclude: _Conclusion
+) -> None:
+    problems = incompatibilities(stored.metadata, metadata)
+    if problems:
+        conclude.error(
+            f"baseline {shown} was made under other conditions, so its maps cannot be "
+            "compared:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+            + f"\nIf this change is intended, re-create the baseline: pytest {UPDATE_FLAG}"
+        )
 
 
 def incompatibilities(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -396,9 +402,10 @@ def _layer_indices(layers: Sequence[int] | None, count: int) -> list[int]:
     return chosen
 
 
-def _refuse_random_weights(record: AttentionRecord) -> None:
+def _refuse_random_weights(record: AttentionRecord, conclude: _Conclusion) -> None:
+    __tracebackhide__ = True
     if record.model.get("weights_id") == _RANDOM_WEIGHTS:
-        raise BaselineError(
+        conclude.error(
             f"{record.model.get('name')} runs with weights='random', which are drawn anew in "
             "every session, so no baseline can hold for them: save the weights "
             "(safetensors.torch.save_file(model.state_dict(), path)) and use weights=PATH"
