@@ -148,7 +148,7 @@ class VitattnSession:
         run = RunInfo.from_config(self.config, self.tally.as_dict(), exitstatus)
         try:
             self.report_files = write_report(self.records, self.report_path, run)
-        except OSError as error:
+        except (OSError, VitAttnError) as error:
             self.report_error = f"could not write the report {self.report_path}: {error}"
 
     def report_lines(self) -> list[str]:

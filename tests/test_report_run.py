@@ -1,9 +1,11 @@
-"""The report of one real run: results.json, the HTML, the terminal, and a real browser.
+"""The report of one real run: results.json, the HTML, the terminal, xdist, pytest-html, and
+a real browser.
 
-One pytest run (a subprocess, as pytester's ``runpytest_subprocess`` does, shared by the
-module to keep it fast) probes the shipped architecture with seeded weights files: tests
-that pass, fail, xfail, skip, only read maps, carry hostile names, and drift from a
-baseline made with other weights. The browser tests open its report in headless Chromium.
+The suite below runs in subprocesses (as pytester's ``runpytest_subprocess`` does), shared
+by the module to keep it fast: it probes the shipped architecture with seeded weights files;
+its tests pass, fail, xfail, skip, only read maps, carry hostile names, and drift from a
+baseline made with other weights. It runs once with ``-p no:xdist`` and once with ``-n 2``
+and ``--html``; the browser tests open the first report in headless Chromium.
 """
 
 from __future__ import annotations
@@ -119,7 +121,17 @@ def save_sharp_weights(path: Path, seed: int) -> Path:
 
 def run_pytest(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", *args],
+        # hypothesis' plugin costs seconds to import in every process and is not used here.
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:hypothesispytest",
+            *args,
+        ],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -129,15 +141,17 @@ def run_pytest(folder: Path, env: dict[str, str], *args: str) -> subprocess.Comp
 
 
 class SuiteRun:
-    """The finished run: its output, report and results."""
+    """A finished run of the suite: its output, report and results."""
 
-    def __init__(self, folder: Path, result: subprocess.CompletedProcess) -> None:
+    def __init__(self, folder: Path, out: str, result: subprocess.CompletedProcess) -> None:
         self.folder = folder
         self.result = result
-        self.report = folder / "out" / "attention.html"
-        self.results = json.loads((folder / "out" / "results.json").read_text())
+        self.report = folder / out / "attention.html"
+        self.results = json.loads((folder / out / "results.json").read_text())
         self.html = self.report.read_text()
         self.suite_file = folder / "test_suite.py"
+        self.env = {}
+        self.model_args: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +160,7 @@ def suite_run(tmp_path_factory) -> SuiteRun:
     weights_a = save_sharp_weights(folder / "a.safetensors", seed=1)
     weights_b = save_sharp_weights(folder / "b.safetensors", seed=2)
     (folder / "test_suite.py").write_text(SUITE)
-    (folder / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -p no:xdist\n")
+    (folder / "pytest.ini").write_text("[pytest]\n")
     env = {key: value for key, value in os.environ.items() if key != "CI"}
     model = [f"--vitattn-model={ARCH}", f"--vitattn-weights={weights_a}"]
     # The baseline is made with weights a; the reported run uses b, so it drifts.
@@ -154,19 +168,38 @@ def suite_run(tmp_path_factory) -> SuiteRun:
         folder,
         {**env, "BASELINE_WEIGHTS": str(weights_a)},
         *model,
+        "-p",
+        "no:xdist",
         "-k",
         "test_baseline",
         "--vitattn-update-baselines",
     )
     assert made.returncode == 0, made.stdout + made.stderr
+    env = {**env, "BASELINE_WEIGHTS": str(weights_b)}
     result = run_pytest(
-        folder,
-        {**env, "BASELINE_WEIGHTS": str(weights_b)},
-        *model,
-        "--vitattn-report=out/attention.html",
+        folder, env, *model, "-p", "no:xdist", "--vitattn-report=out/attention.html"
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    return SuiteRun(folder, result)
+    run = SuiteRun(folder, "out", result)
+    run.env, run.model_args = env, model
+    return run
+
+
+@pytest.fixture(scope="module")
+def xdist_run(suite_run) -> SuiteRun:
+    """The same suite spread over two xdist workers, with a pytest-html report too."""
+    result = run_pytest(
+        suite_run.folder,
+        suite_run.env,
+        *suite_run.model_args,
+        "-n",
+        "2",
+        "--vitattn-report=spread/attention.html",
+        "--html=spread/pytest.html",
+        "--self-contained-html",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    return SuiteRun(suite_run.folder, "spread", result)
 
 
 def test_the_summary_counts_every_outcome_and_names_the_run(suite_run):
@@ -174,7 +207,10 @@ def test_the_summary_counts_every_outcome_and_names_the_run(suite_run):
     assert summary["outcomes"] == OUTCOMES
     assert summary["exitstatus"] == 1
     assert summary["records"] == sum(RECORDS_PER_TEST.values())
-    assert summary["command"].startswith("pytest --vitattn-model=vitattn_tiny_shapes")
+    assert summary["command"] == (
+        "pytest -p no:cacheprovider -p no:hypothesispytest "
+        f"{' '.join(suite_run.model_args)} -p no:xdist --vitattn-report=out/attention.html"
+    )
     assert {"torch", "timm", "pytest", "python", "pytest-vitattn"} <= set(summary["versions"])
     assert summary["versions"]["torch"] != "not installed"
 
@@ -268,6 +304,70 @@ def test_the_drifted_baseline_is_shown_beside_the_current_maps(suite_run):
     assert "drifted</span>" in section
     assert section.count('<th scope="row">layer ') == 6
     assert "mass moved" in section
+
+
+# --- With pytest-xdist and pytest-html ------------------------------------------------
+
+
+def records_by_id(run: SuiteRun) -> dict[str, dict]:
+    by_id = {record["record_id"]: record for record in run.results["records"]}
+    assert len(by_id) == len(run.results["records"]), "a record was duplicated"
+    return by_id
+
+
+def test_xdist_gives_the_same_records_and_only_the_controller_writes(suite_run, xdist_run):
+    without, spread = records_by_id(suite_run), records_by_id(xdist_run)
+    assert sorted(spread) == sorted(without)
+    for record_id, record in without.items():
+        other = spread[record_id]
+        assert other["outcome"] == record["outcome"]
+        np.testing.assert_allclose(
+            decode_array(other["maps"]).astype(np.float32),
+            decode_array(record["maps"]).astype(np.float32),
+            atol=1e-3,
+        )
+        assert [c["value"] for c in other["checks"]] == pytest.approx(
+            [c["value"] for c in record["checks"]], abs=1e-5
+        )
+    assert xdist_run.results["summary"]["outcomes"] == OUTCOMES
+    # Workers send their records to the controller and write nothing themselves.
+    assert xdist_run.result.stdout.count("vitattn: attention report (8 recorded images)") == 1
+    assert sorted(path.name for path in xdist_run.report.parent.iterdir()) == [
+        "attention.html",
+        "pytest.html",
+        "results.json",
+    ]
+
+
+def pytest_html_extras(page_path: Path) -> dict[str, list[dict]]:
+    """Test id -> the extras pytest-html stored for it (its page keeps them in a JSON blob)."""
+    page = page_path.read_text()
+    blob = json.loads(html.unescape(re.search(r'data-jsonblob="([^"]*)"', page).group(1)))
+    return {
+        test_id: [extra for result in results for extra in result["extras"]]
+        for test_id, results in blob["tests"].items()
+    }
+
+
+def test_pytest_html_rows_carry_the_grids_and_a_link_to_the_report(xdist_run):
+    extras = pytest_html_extras(xdist_run.report.parent / "pytest.html")
+    two = extras["test_suite.py::test_two_images_one_fails"]
+    assert [(extra["format_type"], extra["name"]) for extra in two] == [
+        ("image", "CLS attention: shape0.png"),
+        ("html", None),
+        ("image", "CLS attention: shape1.png"),
+        ("html", None),
+    ]
+    assert two[0]["content"].startswith("data:image/png;base64,iVBORw0KGgo")
+    failing = two[3]["content"]
+    record_id = "test_suite.py::test_two_images_one_fails::shape1.png"
+    assert "Checks: mass_in_mask " in failing and " FAILED." in failing
+    assert f'<a href="attention.html#{anchor(record_id)}">Open in the vitattn report</a>' in failing
+    html_extras = [e["content"] for es in extras.values() for e in es if e["format_type"] == "html"]
+    assert any("x&lt;img src=x onerror=" in content for content in html_extras)
+    assert not any("<img" in content or "<script" in content for content in html_extras)
+    assert "test_suite.py::test_skipped" in extras  # tests without records are left alone
+    assert extras["test_suite.py::test_skipped"] == []
 
 
 # --- In a real browser ------------------------------------------------------------------

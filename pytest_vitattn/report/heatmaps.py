@@ -19,6 +19,7 @@ DIVERGING = "RdBu_r"
 # 64 colour levels keep the PLTE chunk at 192 bytes; the step between levels is below what
 # the eye tells apart on viridis, and the exact numbers are in every cell's tooltip.
 LEVELS = 64
+SMALL_PHOTO_PIXELS = 128 * 128
 OUTLINE_COLOURS = ((255, 64, 64), (64, 224, 255), (255, 230, 0), (255, 128, 255))
 
 
@@ -104,7 +105,7 @@ def sprite_png(maps: np.ndarray, scale: int = 1, gap: int = 1, opaque_gap: bool 
 
 
 def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:
-    """The image as the model saw it, as PNG or JPEG, whichever is smaller.
+    """The image as the model saw it: JPEG, or PNG for small images when that is smaller.
 
     Args:
         image: (h, w, 3) uint8.
@@ -113,10 +114,14 @@ def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:
         (encoded bytes, MIME type).
     """
     picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
-    png = _png_bytes(picture)
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=80)
     jpeg = buffer.getvalue()
+    # Compressing a large PNG costs more than the rest of a record; small synthetic
+    # images (flat colours, sharp edges) are often smaller and crisper as PNG.
+    if picture.width * picture.height > SMALL_PHOTO_PIXELS:
+        return jpeg, "image/jpeg"
+    png = _png_bytes(picture)
     return (png, "image/png") if len(png) <= len(jpeg) else (jpeg, "image/jpeg")
 
 

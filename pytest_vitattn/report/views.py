@@ -583,7 +583,13 @@ def _check_view(check: dict[str, Any]) -> CheckView:
     )
 
 
-def _details_text(details: dict[str, Any], limit: int = 400) -> str:
+def _details_text(details: dict[str, Any], limit: int = 300) -> str:
+    """Scalars and short lists of scalars, e.g. "path: ...; failing: [layer 5 head 2]";
+    nested tables (per-map drift) are left to the check's message."""
+
+    def scalar(value: Any) -> bool:
+        return value is None or isinstance(value, (str, int, float, bool))
+
     def show(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
@@ -591,7 +597,12 @@ def _details_text(details: dict[str, Any], limit: int = 400) -> str:
             return "[" + ", ".join(show(item) for item in value) + "]"
         return str(value)
 
-    text = "; ".join(f"{key}: {show(value)}" for key, value in details.items())
+    shown = [
+        f"{key}: {show(value)}"
+        for key, value in details.items()
+        if scalar(value) or (isinstance(value, (list, tuple)) and all(map(scalar, value)))
+    ]
+    text = "; ".join(shown)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -625,5 +636,9 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
                 drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
             )
         )
-    note = "head means per layer; difference in red (more attention now) and blue (less)"
+    status = str(baseline.get("status") or "compared")
+    note = (
+        f"{status}; head means per layer, the difference in red (more attention now) and "
+        "blue (less)"
+    )
     return BaselineView(path, drifted, note, rows)

@@ -47,6 +47,9 @@ def check_writable(path: Path) -> None:
         raise ReportPathError(
             f"{path} is a folder; give a file name, e.g. --vitattn-report={path / 'report.html'}"
         )
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise ReportPathError(f"cannot create the folder {path.parent}: {existing} is a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -73,12 +76,14 @@ def write_report(records: list[dict[str, Any]], path: Path, run: RunInfo) -> Rep
     from pytest_vitattn.report.html import render_page
     from pytest_vitattn.report.views import ReportView, sort_records
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sort_records(records)
+    # Both are made before either is written: a failure leaves the previous pair intact.
+    document = json.dumps(results_document(ordered, run), indent=1) + "\n"
+    page = render_page(ReportView.build(ordered, run, path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
     results = json_path(path)
-    # The JSON first: it is cheap and CI reads it even if rendering the page fails.
-    write_atomically(results, json.dumps(results_document(ordered, run), indent=1) + "\n")
-    write_atomically(path, render_page(ReportView.build(ordered, run, path.parent)))
+    write_atomically(results, document)
+    write_atomically(path, page)
     return ReportFiles(path, results, len(ordered))
 
 

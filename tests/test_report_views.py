@@ -1,0 +1,178 @@
+"""The report's parts on their own: colour encoding, sprites, outlines, view models, page."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pytest_vitattn.records import AttentionRecord, CheckResult, MaskRecord, anchor
+from pytest_vitattn.report import heatmaps
+from pytest_vitattn.report.html import render_page, template_dirs
+from pytest_vitattn.report.run_info import RunInfo, installed_versions
+from pytest_vitattn.report.views import ReportView, record_view, sort_records
+
+
+def decoded(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def test_a_map_is_one_pixel_per_patch_coloured_from_its_minimum_to_its_maximum():
+    values = np.arange(12, dtype=np.float32).reshape(3, 4) / 66.0
+    image = decoded(heatmaps.heatmap_png(values))
+    assert (image.mode, image.size) == ("P", (4, 3))
+    rgb = np.asarray(image.convert("RGB"))
+    lut = np.frombuffer(heatmaps.palette("viridis"), np.uint8).reshape(-1, 3)
+    assert (rgb[0, 0] == lut[0]).all() and (rgb[2, 3] == lut[-1]).all()
+    # Brighter is more attention: viridis' luminance grows along the row.
+    assert (np.diff(rgb[1].astype(int).sum(axis=-1)) > 0).all()
+
+
+def test_a_flat_map_is_one_colour_not_a_division_by_zero():
+    image = decoded(heatmaps.heatmap_png(np.full((2, 2), 0.25, np.float32)))
+    assert np.unique(np.asarray(image)).tolist() == [0]
+
+
+def test_differences_are_red_where_attention_grew_and_blue_where_it_shrank():
+    rgb = np.asarray(
+        decoded(heatmaps.difference_png(np.array([[0.2, -0.2, 0.0]], np.float32))).convert("RGB")
+    ).astype(int)
+    grew, shrank, same = rgb[0]
+    assert grew[0] > grew[2] and shrank[2] > shrank[0]
+    assert abs(same[0] - same[2]) < 20  # the middle of RdBu is grey-white
+
+
+def test_the_sprite_holds_each_map_where_its_cell_points():
+    rng = np.random.default_rng(0)
+    maps = rng.random((2, 3, 4, 5)).astype(np.float32)
+    sprite = np.asarray(decoded(heatmaps.sprite_png(maps, gap=1)))
+    assert sprite.shape == (2 * 5 - 1, 3 * 6 - 1)
+    for row in range(2):
+        for column in range(3):
+            window = sprite[row * 5 : row * 5 + 4, column * 6 : column * 6 + 5]
+            alone = np.asarray(decoded(heatmaps.heatmap_png(maps[row, column])))
+            assert (window == alone).all()
+    # Gaps are the transparent extra palette entry.
+    assert (sprite[4, :] == heatmaps.LEVELS).all()
+
+
+def test_a_mask_outline_is_its_boundary_and_transparent_elsewhere():
+    mask = np.zeros((10, 10), bool)
+    mask[2:7, 3:9] = True
+    image = decoded(heatmaps.outline_png(mask)).convert("RGBA")
+    drawn = np.asarray(image)[..., 3] > 0
+    interior = np.zeros_like(mask)
+    interior[3:6, 4:8] = True
+    assert (drawn == (mask & ~interior)).all()
+
+
+def test_small_photos_use_the_smaller_of_png_and_jpeg_large_ones_jpeg():
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    noisy = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert heatmaps.photo_bytes(flat)[1] == "image/png"
+    assert heatmaps.photo_bytes(noisy)[1] == "image/jpeg"
+    assert heatmaps.photo_bytes(np.full((224, 224, 3), 120, np.uint8))[1] == "image/jpeg"
+
+
+def make_record(record_id: str, outcome: str, line: int, checks=()) -> dict:
+    rng = np.random.default_rng(line)
+    maps = rng.dirichlet(np.ones(16), size=(2, 3)).reshape(2, 3, 4, 4).astype(np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    return AttentionRecord(
+        record_id=record_id,
+        nodeid=record_id.rsplit("::", 1)[0],
+        location=("tests/test_x.py", line),
+        image_label=record_id.rsplit("::", 1)[1],
+        model={"name": "tiny", "weights": "random", "weights_id": "random-init", "device": "cpu"},
+        preprocessing={"input_size": [3, 32, 32]},
+        method="fast",
+        num_prefix_tokens=1,
+        query_index=0,
+        image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        maps=maps,
+        rollout=maps.mean(axis=1),
+        prefix_share=np.full((2, 3), 0.25, np.float32),
+        masks=[MaskRecord("mask.png", np.zeros((4, 4), np.float32), mask)],
+        checks=list(checks),
+        outcome=outcome,
+    ).to_dict()
+
+
+def test_records_are_ordered_failures_first_then_by_source_line():
+    records = [
+        make_record("t.py::test_b::a.png", "passed", 5),
+        make_record("t.py::test_c::a.png", "xfailed", 9),
+        make_record("t.py::test_d::a.png", "failed", 20),
+        make_record("t.py::test_a::a.png", "failed", 2),
+    ]
+    assert [r["record_id"].split("::")[1] for r in sort_records(records)] == [
+        "test_a",
+        "test_d",
+        "test_c",
+        "test_b",
+    ]
+
+
+def test_a_check_reads_as_value_expected_and_chance():
+    check = CheckResult(
+        "mass_in_mask",
+        0.4321,
+        False,
+        ">=",
+        0.6,
+        0.25,
+        "layer 1 of 0..1, mean of 3 heads",
+        "mask.png",
+        "it failed",
+        details={"per_layer": [0.1, 0.2], "table": [{"nested": 1}], "note": "kept"},
+    )
+    record = make_record("t.py::test_a::a.png", "failed", 3, [check])
+    (view,) = record_view(record, 0, Path("/root"), Path("/root/out")).checks
+    assert (view.status_text, view.value, view.expected, view.chance) == (
+        "FAIL",
+        "0.432",
+        "≥ 0.600",
+        "0.250",
+    )
+    assert view.details == "per_layer: [0.1, 0.2]; note: kept"
+
+
+def test_the_grid_shows_every_head_the_head_mean_and_rollout_from_one_sprite():
+    record = make_record("t.py::test_a::a.png", "passed", 3)
+    view = record_view(record, 0, Path("/root"), Path("/root/out"))
+    assert view.grid.columns == ["head 0", "head 1", "head 2", "head mean", "rollout"]
+    assert [row.label for row in view.grid.rows] == ["layer 0", "layer 1"]
+    assert view.sheet_style.startswith("--sprite: url(data:image/png;base64,")
+    # Cells are 4 x 4 patches at zoom 12 (48 px); the sprite's pitch is 5 px.
+    assert view.grid.rows[1].cells[3].position == "background-position: -180px -60px"
+    assert view.location.href == "../tests/test_x.py#L3"
+
+
+def test_the_page_renders_every_record_with_its_anchor_and_run_facts(tmp_path):
+    records = [make_record(f"t.py::test_{i}::a.png", "passed", i) for i in range(3)]
+    run = RunInfo("pytest -q", "2030-01-01T00:00:00+00:00", str(tmp_path), installed_versions())
+    page = render_page(ReportView.build(records, run, tmp_path))
+    for record in records:
+        assert f'id="{anchor(record["record_id"])}"' in page
+    assert "<code>pytest -q</code>" in page
+    # One CSS rule per overlay slot (7 choices and the clicked-map slot) and per filter.
+    assert page.count(":checked ~ .stage .layers > :nth-child(") == 8
+    assert ".filters:has(#filter-status-passed:not(:checked)) ~ main .record.status-passed" in page
+
+
+def test_templates_are_found_in_the_package_or_at_the_repository_top():
+    directories = template_dirs()
+    assert directories
+    assert all((directory / "report.html").is_file() for directory in directories)
+
+
+@pytest.mark.parametrize("name", ["report.html", "record.html", "grid.html"])
+def test_templates_use_no_external_resources(name):
+    text = (template_dirs()[0] / name).read_text()
+    assert "http://" not in text and "https://" not in text and '<link rel="stylesheet"' not in text
