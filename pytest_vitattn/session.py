@@ -18,9 +18,9 @@ from pytest_vitattn.errors import VitAttnError
 from pytest_vitattn.models import ModelCache, ModelSpec
 from pytest_vitattn.options import SETTINGS, SETTINGS_BY_KEY, parse_marker_value
 from pytest_vitattn.policy import BaselinePolicy
-from pytest_vitattn.tolerance import Tolerance
 from pytest_vitattn.report.tally import OutcomeTally
 from pytest_vitattn.report.writer import ReportFiles, ReportPathError, check_writable
+from pytest_vitattn.tolerance import Tolerance
 
 RECORDS_ATTRIBUTE = "vitattn_records"
 
@@ -54,10 +54,10 @@ class VitattnSession:
         self.models = ModelCache()
         self.records: list[dict[str, Any]] = []
         self.report_path = _report_path(config)
-        self.baseline_policy = _baseline_policy(config, self.run_settings["missing_baselines"])
         self.tally = OutcomeTally()
         self.report_files: ReportFiles | None = None
         self.report_error: str | None = None
+        self.baseline_policy = _baseline_policy(config, self.run_settings["missing_baselines"])
 
     @property
     def is_xdist_worker(self) -> bool:
@@ -162,7 +162,6 @@ class VitattnSession:
             f"{self.report_files.html}",
             f"vitattn: numbers for CI: {self.report_files.json}",
         ]
-
 
     def _report_hint(self, record: Any) -> str:
         from pytest_vitattn.records import anchor
