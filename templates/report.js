@@ -56,9 +56,28 @@
     custom.checked = true;
   }
 
-  Array.prototype.forEach.call(document.querySelectorAll(".grid .map"), function (cell) {
-    cell.tabIndex = 0;
+  // One tab stop per grid (its first map); arrow keys move between maps, Enter shows one.
+  Array.prototype.forEach.call(document.querySelectorAll(".grid tbody"), function (body) {
+    var first = body.querySelector(".map");
+    if (first) {
+      first.tabIndex = 0;
+    }
   });
+
+  function moveFocus(cell, key) {
+    var td = cell.parentElement;
+    var row = td.parentElement;
+    var rows = row.parentElement.rows;
+    var r = row.sectionRowIndex + (key === "ArrowDown") - (key === "ArrowUp");
+    var c = td.cellIndex + (key === "ArrowRight") - (key === "ArrowLeft");
+    var target = rows[r] && rows[r].cells[c] && rows[r].cells[c].querySelector(".map");
+    if (target) {
+      cell.tabIndex = -1;
+      target.tabIndex = 0;
+      target.focus();
+    }
+  }
+
   document.addEventListener("click", function (event) {
     var cell = event.target.closest(".grid .map");
     if (cell) {
@@ -67,9 +86,13 @@
   });
   document.addEventListener("keydown", function (event) {
     var active = document.activeElement;
-    if ((event.key === "Enter" || event.key === " ") && active.matches(".grid .map")) {
+    var onMap = active.matches(".grid .map");
+    if (onMap && (event.key === "Enter" || event.key === " ")) {
       event.preventDefault();
       showInOverlay(active);
+    } else if (onMap && /^Arrow(Up|Down|Left|Right)$/.test(event.key)) {
+      event.preventDefault();
+      moveFocus(active, event.key);
     } else if (event.key === "/" && !/^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) {
       event.preventDefault();
       search.focus();

@@ -479,6 +479,25 @@ def test_clicking_a_grid_map_lays_it_over_the_image(page):
     assert shown_layer(page, record_id) == f"0px {-2 * step_y * zoom}px"
 
 
+def test_grid_maps_are_reached_and_shown_with_the_keyboard(page):
+    record_id = "test_suite.py::test_looks_at_the_shape::shape0.png"
+    target = anchor(record_id)
+    stops = page.evaluate(
+        f"document.querySelectorAll('#{target} .grid .map[tabindex=\"0\"]').length"
+    )
+    assert stops == 1  # one tab stop per grid, not one per map
+    page.evaluate(f"document.querySelector('#{target} .grid .map').focus()")
+    for key in ("ArrowDown", "ArrowDown", "ArrowRight"):
+        page.press(key)
+    page.press("Enter", "Enter", "\r")
+    zoom, step_x, step_y = page.evaluate(
+        f"(() => {{ const s = document.querySelector('#{target} .stage');"
+        "return [Number(s.dataset.zoom), ...s.dataset.steps.split(' ').map(Number)]; })()"
+    )
+    # Layer 2, head 1.
+    assert shown_layer(page, record_id) == f"{-step_x * zoom}px {-2 * step_y * zoom}px"
+
+
 def test_hostile_names_show_as_text_and_never_run(page):
     assert page.evaluate("window.__pwned") is None
     labels = page.evaluate(
