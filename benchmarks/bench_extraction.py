@@ -31,22 +31,29 @@ Memory, two measures:
 
 * ``attention held``: bytes of the attention tensors a method hands back and keeps (the
   matrices, or our (B, L, H, N) rows plus (B, L, N) rollout rows). Exact, machine-independent.
-* ``peak over forward``: extra peak memory of one extraction over a plain forward pass. CPU:
-  peak RSS (``ru_maxrss``) in a fresh subprocess per model and method, after two plain
-  forwards, minus the same before the method runs. CUDA: ``torch.cuda.max_memory_allocated``
-  during the method minus during a plain forward. Skip the CPU subprocesses with ``--no-rss``.
+* ``peak ... of a call``: peak memory during one call above the memory in use just before it
+  (activations, temporaries and the returned tensors; the plain forward's row is the
+  baseline). CPU: peak RSS from ``/proc/self/status`` (``VmHWM``, reset per call), in a child
+  process whose malloc returns large blocks on free; CUDA: ``max_memory_allocated``. Skip with
+  ``--no-memory``.
+
+On a shared machine, ``--clock cpu --threads 1`` measures process CPU time, which other
+processes disturb far less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import resource
+import gc
+import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import timm
 import torch
@@ -117,61 +124,82 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_methods(name: str, device: str, repeats: int) -> dict[str, tuple[float, int, float]]:
-    """Per method: (median seconds, attention bytes held, CUDA peak bytes or nan)."""
+def time_methods(
+    name: str, device: str, repeats: int, clock: Callable[[], float]
+) -> dict[str, tuple[float, int]]:
+    """Per method: (median seconds per batch, attention bytes held)."""
     model, pixels = create(name, MODELS[name][1], device)
     run = {method: runner(model, method) for method in METHODS}
     held: dict[str, int] = {}
-    peak: dict[str, float] = {}
     with torch.inference_mode():
-        for method, fn in run.items():  # warm-up, and the memory measures
-            fn(pixels)
-            sync(device)
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-                start = torch.cuda.memory_allocated()
+        for method, fn in run.items():  # warm-up; the held bytes
             tensors = fn(pixels)
-            sync(device)
             held[method] = sum(t.numel() * t.element_size() for t in tensors)
-            if device.startswith("cuda"):
-                peak[method] = torch.cuda.max_memory_allocated() - start
             del tensors
         times: dict[str, list[float]] = {method: [] for method in run}
         for _ in range(repeats):
             for method, fn in run.items():
                 sync(device)
-                began = time.perf_counter()
+                began = clock()
                 fn(pixels)
                 sync(device)
-                times[method].append(time.perf_counter() - began)
-    result = {}
-    for method in run:
-        cuda_peak = peak[method] - peak["plain forward"] if peak else float("nan")
-        result[method] = (statistics.median(times[method]), held[method], cuda_peak)
-    return result
+                times[method].append(clock() - began)
+    return {method: (statistics.median(times[method]), held[method]) for method in run}
 
 
-def rss_probe(name: str, method: str) -> None:
-    """Child process: print the peak-RSS growth (bytes) of one extraction over a forward."""
-    model, pixels = create(name, MODELS[name][1], "cpu")
-    fn = runner(model, method)
-    with torch.inference_mode():
-        model(pixels)
-        model(pixels)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn(pixels)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+def peak_memory(name: str, device: str) -> dict[str, float]:
+    """Per method: peak memory during one call, above the memory in use before it (bytes).
 
-
-def rss_growth(name: str, method: str) -> int:
+    CUDA: ``max_memory_allocated``. CPU: the kernel's peak-RSS mark (``VmHWM``), reset before
+    each call through ``/proc/self/clear_refs``; run in a child whose malloc returns large
+    blocks to the system on free (``MALLOC_MMAP_THRESHOLD_``), so RSS follows live memory.
+    """
+    if device.startswith("cuda"):
+        model, pixels = create(name, MODELS[name][1], device)
+        peaks = {}
+        with torch.inference_mode():
+            for method in METHODS:
+                fn = runner(model, method)
+                fn(pixels)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                fn(pixels)
+                torch.cuda.synchronize()
+                peaks[method] = torch.cuda.max_memory_allocated() - before
+        return peaks
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [sys.executable, __file__, "--rss-probe", name, method],
+        [sys.executable, __file__, "--rss-probe", name],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
-    return int(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_probe(name: str) -> None:
+    """Child process: print {method: peak RSS of one call above RSS before it} as JSON."""
+    model, pixels = create(name, MODELS[name][1], "cpu")
+    run = {method: runner(model, method) for method in METHODS}
+    peaks = {}
+    with torch.inference_mode():
+        for method, fn in run.items():
+            fn(pixels)  # warm-up: lazy initialisation is not the method's cost
+            gc.collect()
+            Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+            before = _status_kib("VmRSS")
+            fn(pixels)
+            peaks[method] = (_status_kib("VmHWM") - before) * 1024
+    print(json.dumps(peaks))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def mib(nbytes: float) -> str:
@@ -185,38 +213,45 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--no-rss", action="store_true", help="skip the CPU peak-RSS probes")
-    parser.add_argument("--rss-probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time (steadier on a shared machine; "
+        "use with --threads 1, where no thread waits on another)",
+    )
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--rss-probe", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.rss_probe:
-        rss_probe(*args.rss_probe)
+        rss_probe(args.rss_probe)
         return
+    cuda = args.device.startswith("cuda")
     device_name = (
         torch.cuda.get_device_name(args.device)
-        if args.device.startswith("cuda")
+        if cuda
         else f"CPU, {torch.get_num_threads()} threads"
     )
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(
         f"torch {torch.__version__}, timm {timm.__version__}, {device_name}; batch {BATCH}, "
-        f"random weights, median of {args.repeats} interleaved repeats\n"
+        f"random weights; {args.clock} clock, median of {args.repeats} interleaved repeats\n"
     )
+    peak_label = "peak CUDA memory of a call" if cuda else "peak RSS of a call"
     for name in args.models:
         timm_name, size = MODELS[name]
         tokens = (size // 16) ** 2 + 1
-        results = time_methods(name, args.device, args.repeats)
+        results = time_methods(name, args.device, args.repeats, clock)
+        peaks = {} if args.no_memory else peak_memory(name, args.device)
         base = results["plain forward"][0]
         notebook_held = results["notebook (fx, all matrices)"][1]
-        peak_label = (
-            "peak over forward (CUDA alloc)" if args.device != "cpu" else "peak RSS over forward"
-        )
         print(f"### {timm_name} at {size} px ({tokens} tokens)\n")
         print(f"| method | s / batch | x plain forward | attention held | {peak_label} |")
         print("|---|---|---|---|---|")
-        for method, (seconds, held, cuda_peak) in results.items():
-            if args.device == "cpu":
-                peak = float("nan") if args.no_rss else rss_growth(name, method)
-            else:
-                peak = cuda_peak
+        for method, (seconds, held) in results.items():
             smaller = (
                 f" ({notebook_held / held:,.0f}x less)"
                 if held and method.startswith("vitattn")
@@ -224,7 +259,7 @@ def main() -> None:
             )
             print(
                 f"| {method} | {seconds:.3f} | {seconds / base:.2f} | {mib(held)}{smaller} | "
-                f"{mib(peak)} |"
+                f"{mib(peaks.get(method, float('nan')))} |"
             )
         print()
 

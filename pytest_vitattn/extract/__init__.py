@@ -1,7 +1,11 @@
-"""CLS attention extraction from timm ViTs, by the notebook's fx method or the fast path.
+"""CLS attention extraction from timm ViTs, by the fast path or the notebook's fx method.
 
-Both paths return the same numbers (checked in tests); ``auto`` picks the fast path when the
-model's family supports it.
+``describe`` recognises the model's family (``extract.catalog`` lists them) and refuses
+models it cannot read, with the reason. ``extract_cls_attention`` then reads the query's
+attention rows of every layer: the fast path (``extract.fast``) during one ordinary fused
+forward, or the fx path (``extract.fx``, the reference notebook's method) from every full
+softmax matrix. Both return the same numbers (checked in tests); ``auto`` picks the fast
+path where the family supports it, and ``Extraction.method`` says which one ran.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def _checked_pixels(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def _evaluating(model: nn.Module) -> Iterator[None]:
     """Eval mode for the call (dropout off), each module's own flag restored after."""
-    if not model.training and not any(m.training for m in model.modules()):
+    if not model.training:  # the usual case; checked on the root only, it runs per call
         yield
         return
     saved = [(module, module.training) for module in model.modules()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED = "supported"
+SUPPORTED = "supported (fast + fx)"
 REGISTERS_ONLY = "register rows only"
 REFUSED = "refused"
 
@@ -168,8 +168,8 @@ FAMILIES: tuple[FamilyCase, ...] = (
         "`eva02_*`",
         SUPPORTED,
         "CLS row of every block, after RoPE",
-        "eva02_tiny_patch14_224",
-        {"depth": 2, "img_size": 56},
+        "eva02_base_patch14_224",
+        {"depth": 2, "img_size": 56, **_SMALL},
         input_hw=(56, 56),
         grid=(4, 4),
         layers=2,
@@ -185,6 +185,18 @@ FAMILIES: tuple[FamilyCase, ...] = (
         layers=2,
     ),
     FamilyCase(
+        "DINOv3 (RoPE, registers)",
+        "`vit_*_dinov3*`",
+        SUPPORTED,
+        "CLS row after RoPE; register tokens dropped from the map; any input size (here "
+        "48x80 -> 3x5)",
+        "vit_small_patch16_dinov3",
+        {"depth": 2, "img_size": 64},
+        input_hw=(48, 80),
+        grid=(3, 5),
+        layers=2,
+    ),
+    FamilyCase(
         "BEiT",
         "`beit_*`, `beitv2_*`",
         SUPPORTED,
@@ -196,11 +208,22 @@ FAMILIES: tuple[FamilyCase, ...] = (
     ),
     FamilyCase(
         "Attention pooling (SigLIP, `global_pool='map'`)",
-        "`vit_*_siglip_*` (not `_gap_`), `*_map_*`",
+        "`vit_*_siglip_*` (not `_gap_`)",
         SUPPORTED,
         "the pooling query's attention over the final patch tokens (one layer, the CLS-like "
         "query; `token='cls'` selects it); no rollout",
         "vit_base_patch16_siglip_224",
+        {"depth": 2, "img_size": 64, **_SMALL},
+        grid=(4, 4),
+        layers=1,
+    ),
+    FamilyCase(
+        "Attention pooling with registers",
+        "`vit_*_reg*_map_*`",
+        SUPPORTED,
+        "the pooling query's attention over the final patch tokens (timm drops the registers "
+        "before the pool); no rollout",
+        "vit_so150m_patch16_reg4_map_256",
         {"depth": 2, "img_size": 64, **_SMALL},
         grid=(4, 4),
         layers=1,

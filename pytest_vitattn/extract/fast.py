@@ -102,10 +102,11 @@ class _RowCapture(TorchFunctionMode):
         site = self.sites[index]
         last_of_layer = index + 1 == len(self.sites) or self.sites[index + 1].layer != site.layer
         if self.fusion is not None and last_of_layer:
-            full = torch.cat(self._layer_matrices, dim=1)
+            full = _heads_side_by_side(self._layer_matrices)
             self._layer_matrices.clear()
             self._running = rollout_step(self._running, full, self.fusion)
-            self.rollout_rows.append(self._running[:, self.query_index, :])
+            # A copy: a view would keep every layer's (B, N, N) product alive.
+            self.rollout_rows.append(self._running[:, self.query_index, :].clone())
 
     def _observe(
         self,
@@ -127,17 +128,21 @@ class _RowCapture(TorchFunctionMode):
         # that reads k in place, is several times faster than q @ k^T on the strided k views
         # timm passes (that one copies k).
         query_row = _f32(query[..., index : index + 1, :]) * scale
-        logits = (key @ query_row.transpose(-2, -1)).transpose(-2, -1)  # (B, H, 1, N)
+        logits = key @ query_row.transpose(-2, -1)  # (B, H, N, 1): the row, as a column
         bias = _bias(attn_mask, is_causal, query.shape[-2], key.shape[-2], logits)
         if bias is not None:
             rows_bias = bias if bias.shape[-2] == 1 else bias[..., index : index + 1, :]
-            logits = logits + rows_bias
-        self.site_rows.append(logits.softmax(dim=-1)[..., 0, :])
+            logits = logits + rows_bias.transpose(-2, -1)
+        self.site_rows.append(logits.softmax(dim=-2)[..., 0])
         if self.fusion is not None:
-            full = (_f32(query) * scale) @ key.transpose(-2, -1)
+            full = (_f32(query) * scale) @ key.transpose(-2, -1)  # (B, H, N, N)
             if bias is not None:
-                full = full + bias
-            self._layer_matrices.append(full.softmax(dim=-1))
+                full += bias
+            # Softmax in place: one (B, H, N, N) buffer per layer instead of two.
+            full -= full.amax(dim=-1, keepdim=True)
+            full.exp_()
+            full /= full.sum(dim=-1, keepdim=True)
+            self._layer_matrices.append(full)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
@@ -149,7 +154,7 @@ class _RowCapture(TorchFunctionMode):
         layers: dict[int, list[torch.Tensor]] = {}
         for site, rows in zip(self.sites, self.site_rows, strict=True):
             layers.setdefault(site.layer, []).append(rows)
-        stacked = torch.stack([torch.cat(parts, dim=1) for parts in layers.values()], dim=1)
+        stacked = torch.stack([_heads_side_by_side(parts) for parts in layers.values()], dim=1)
         rollout = torch.stack(self.rollout_rows, dim=1).cpu() if self.rollout_rows else None
         return stacked.cpu(), rollout
 
@@ -181,6 +186,11 @@ def _capturing(
             handle.remove()
         for module in forced:
             module.fused_attn = False
+
+
+def _heads_side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Parallel attention branches of one layer as one layer with all their heads."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:

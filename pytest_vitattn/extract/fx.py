@@ -80,10 +80,13 @@ def fx_cls_rows(
         layers.setdefault(site.layer, []).append(softmaxes.pop(site.fx_node))
     rows, rollout_rows, running = [], [], None
     for matrices in layers.values():
-        attention = torch.cat(matrices, dim=1).float()  # parallel branches: heads side by side
-        rows.append(attention[:, :, query_index, :])
+        # Parallel branches of a layer: their heads side by side. Rows are copied out, so
+        # no view keeps a full matrix alive after its layer.
+        rows.append(torch.cat([m[:, :, query_index, :].float() for m in matrices], dim=1))
         if fusion is not None:
+            attention = matrices[0] if len(matrices) == 1 else torch.cat(matrices, dim=1)
             running = rollout_step(running, attention, fusion)
-            rollout_rows.append(running[:, query_index, :])
+            rollout_rows.append(running[:, query_index, :].clone())
+        matrices.clear()
     stacked_rollout = torch.stack(rollout_rows, dim=1).cpu() if rollout_rows else None
     return torch.stack(rows, dim=1).cpu(), stacked_rollout
