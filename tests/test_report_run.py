@@ -400,6 +400,14 @@ def visible_statuses(page) -> list[str]:
     )
 
 
+def test_the_browser_catches_console_errors_and_exceptions(browser):
+    # The check the report must pass can fail: a page with errors is caught.
+    browser.console_errors.clear()
+    browser.open("data:text/html,<script>console.error('boom'); undefined_name();</script>")
+    assert browser.console_errors[0] == "boom"
+    assert "undefined_name is not defined" in browser.console_errors[1]
+
+
 def test_it_renders_without_console_errors(page, suite_run):
     assert page.evaluate("document.querySelectorAll('.record').length") == 8
     assert page.evaluate("document.getElementById('shown-count').textContent") == (

@@ -13,6 +13,7 @@ JSON followed by a NUL byte. Used by the report's browser tests and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -81,6 +82,7 @@ class Chromium:
         self._session: str | None = None
         self._profile = tempfile.TemporaryDirectory(prefix="vitattn-chromium-")
         self._pid = 0
+        self._commands = self._replies = -1
 
     def __enter__(self) -> Chromium:
         self.start()
@@ -91,8 +93,8 @@ class Chromium:
 
     def start(self) -> None:
         """Start the browser and attach to a blank page."""
-        commands_read, self._commands = os.pipe()
-        self._replies, replies_write = os.pipe()
+        commands_read, self._commands = _pipe()
+        self._replies, replies_write = _pipe()
         width, height = self.window
         argv = [
             self.executable,
@@ -102,24 +104,35 @@ class Chromium:
             "about:blank",
         ]
         log = os.path.join(self._profile.name, "chromium.log")
-        self._pid = os.posix_spawn(
-            self.executable,
-            argv,
-            os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT, 0o600),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-                # The protocol's fixed descriptors; dup2 also clears close-on-exec.
-                (os.POSIX_SPAWN_DUP2, commands_read, 3),
-                (os.POSIX_SPAWN_DUP2, replies_write, 4),
-            ],
-        )
-        os.close(commands_read)
-        os.close(replies_write)
+        try:
+            self._pid = os.posix_spawn(
+                self.executable,
+                argv,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT, 0o600),
+                    (os.POSIX_SPAWN_DUP2, 1, 2),
+                    # The protocol's fixed descriptors; dup2 also clears close-on-exec.
+                    (os.POSIX_SPAWN_DUP2, commands_read, 3),
+                    (os.POSIX_SPAWN_DUP2, replies_write, 4),
+                ],
+            )
+        except OSError:
+            self.close()
+            raise
+        finally:
+            os.close(commands_read)
+            os.close(replies_write)
+        try:
+            self._attach(width, height)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, width: int, height: int) -> None:
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
-            "sessionId"
-        ]
+        reply = self.call("Target.attachToTarget", targetId=target, flatten=True)
+        self._session = reply["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
         self.call(
@@ -201,8 +214,10 @@ class Chromium:
                 os.kill(self._pid, signal.SIGKILL)
                 os.waitpid(self._pid, 0)
             self._pid = 0
-            os.close(self._commands)
-            os.close(self._replies)
+        for descriptor in (self._commands, self._replies):
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._commands = self._replies = -1
         self._profile.cleanup()
 
     def _exited_within(self, seconds: float) -> bool:
@@ -252,3 +267,13 @@ class Chromium:
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe whose ends are above 4, so moving them onto 3 and 4 in the child never
+    overwrites one with the other."""
+    ends = []
+    for end in os.pipe():
+        ends.append(fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(end)
+    return ends[0], ends[1]
