@@ -250,12 +250,18 @@ class ReportView:
     records: list[RecordView]
     overlay_slots: list[int] = field(default_factory=list)
 
+    @property
+    def record_count_text(self) -> str:
+        return f"{self.record_count} recorded image{'' if self.record_count == 1 else 's'}"
+
     @classmethod
     def build(cls, records: list[dict[str, Any]], run: RunInfo, report_dir: Path) -> ReportView:
-        """Args:
-        records: record dicts with "outcome" set, in any order.
-        run: the run's facts.
-        report_dir: where the HTML goes; source links are relative to it.
+        """The page for ``records``.
+
+        Args:
+            records: record dicts with "outcome" set, in any order.
+            run: the run's facts.
+            report_dir: where the HTML goes; source links are relative to it.
         """
         ordered = sort_records(records)
         model_keys = _model_keys(ordered)
