@@ -258,3 +258,15 @@ def parse_marker_value(key: str, value: Any) -> Any:
         return setting.parse(value if keep else str(value))
     except argparse.ArgumentTypeError as error:
         raise ValueError(f"@pytest.mark.vitattn({key}=...): {error}") from None
+
+
+def settings_table() -> str:
+    """The README's table of settings (what, marker, command line, ini key, default), Markdown."""
+    rows = []
+    for setting in SETTINGS:
+        marker = f"`{setting.key}=`" if setting.in_marker else "-"
+        default = f"`{setting.default}`" if isinstance(setting.default, str) else "(see text)"
+        option = f"`{setting.flag}={setting.metavar}`".replace("|", "\\|")
+        what = setting.help.replace("|", "\\|")
+        rows.append(f"| {what} | {marker} | {option} | `{setting.ini}` | {default} |")
+    return "\n".join(rows)
