@@ -7,9 +7,10 @@ the very same tensors, and passes the call on unchanged. Extra work per site: O(
 instead of the O(H * N^2 * D) full matrix; memory: the (B, H, N) rows. The mode is active
 only inside the sites, so the rest of the forward pays nothing.
 
-Attention rollout needs every layer's full matrix: with rollout the site computes it from the
-same q and k, folds it into a running (B, N, N) product and drops it, so memory stays
-O(N^2) instead of the fx path's O(L * H * N^2).
+Attention rollout needs every layer's full matrix. With rollout, the site's full softmax is
+computed from the same q and k, serves as the site's output too (``softmax @ v``, so the
+attention is computed once, as in a non-fused forward), is folded into a running (B, N, N)
+product and dropped: memory O(H * N^2) per layer instead of the fx path's O(L * H * N^2).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class _RowCapture(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             self._calls += 1
-            self._observe(*args, **kwargs)
+            output = self._observe(*args, **kwargs)
+            if output is not None:
+                return output
         return func(*args, **kwargs)
 
     def enter_site(self) -> None:
@@ -118,31 +121,41 @@ class _RowCapture(TorchFunctionMode):
         is_causal: bool = False,
         scale: float | None = None,
         enable_gqa: bool = False,
-    ) -> None:
+    ) -> torch.Tensor | None:
+        """Keep the query's rows; with rollout, also the output, from the full matrix."""
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         if key.shape[-3] != query.shape[-3]:  # grouped-query attention: share k among heads
-            key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+            groups = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(groups, dim=-3)
+            value = value.repeat_interleave(groups, dim=-3)
         index = self.query_index
         key = _f32(key)
-        # (q * scale) first, as in timm's non-fused branch. k @ q^T, a matrix-vector product
-        # that reads k in place, is several times faster than q @ k^T on the strided k views
-        # timm passes (that one copies k).
-        query_row = _f32(query[..., index : index + 1, :]) * scale
-        logits = key @ query_row.transpose(-2, -1)  # (B, H, N, 1): the row, as a column
-        bias = _bias(attn_mask, is_causal, query.shape[-2], key.shape[-2], logits)
-        if bias is not None:
-            rows_bias = bias if bias.shape[-2] == 1 else bias[..., index : index + 1, :]
-            logits = logits + rows_bias.transpose(-2, -1)
-        self.site_rows.append(logits.softmax(dim=-2)[..., 0])
-        if self.fusion is not None:
-            full = (_f32(query) * scale) @ key.transpose(-2, -1)  # (B, H, N, N)
+        bias = _bias(attn_mask, is_causal, query.shape[-2], key.shape[-2], key)
+        if self.fusion is None:
+            # (q * scale) first, as in timm's non-fused branch. k @ q^T, a matrix-vector
+            # product that reads k in place, is several times faster than q @ k^T on the
+            # strided k views timm passes (that one copies k).
+            query_row = _f32(query[..., index : index + 1, :]) * scale
+            logits = key @ query_row.transpose(-2, -1)  # (B, H, N, 1): the row, as a column
             if bias is not None:
-                full += bias
-            # Softmax in place: one (B, H, N, N) buffer per layer instead of two.
-            full -= full.amax(dim=-1, keepdim=True)
-            full.exp_()
-            full /= full.sum(dim=-1, keepdim=True)
-            self._layer_matrices.append(full)
+                rows_bias = bias if bias.shape[-2] == 1 else bias[..., index : index + 1, :]
+                logits = logits + rows_bias.transpose(-2, -1)
+            self.site_rows.append(logits.softmax(dim=-2)[..., 0])
+            return None
+        # Rollout needs the full matrix; computing the site's output from it as well saves
+        # the fused kernel from computing the same attention a second time.
+        full = (_f32(query) * scale) @ key.transpose(-2, -1)  # (B, H, Q, N)
+        if bias is not None:
+            full += bias
+        # Softmax in place: one (B, H, Q, N) buffer per site instead of two.
+        full -= full.amax(dim=-1, keepdim=True)
+        full.exp_()
+        full /= full.sum(dim=-1, keepdim=True)
+        self.site_rows.append(full[..., index, :].clone())
+        self._layer_matrices.append(full)
+        if dropout_p:
+            return None  # let the kernel apply its dropout
+        return (full @ _f32(value)).to(value.dtype)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
