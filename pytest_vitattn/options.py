@@ -196,11 +196,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "baseline_model",
-        _choice("compare", "require-same"),
-        "compare",
-        "compare|require-same",
-        "a baseline made with another model or weights: compare the maps and say so "
-        "(compare), or fail (require-same).",
+        _choice("require-same", "compare"),
+        "require-same",
+        "require-same|compare",
+        "a baseline made with another model or weights: fail, showing the drift "
+        "(require-same), or pass when the maps are within tolerance (compare).",
     ),
 )
 

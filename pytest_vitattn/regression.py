@@ -49,8 +49,8 @@ class TestBaselines:
         store: where the test's baseline files are.
         policy: the run's update / missing-baseline policy.
         tolerance: the test's tolerance (marker > CLI > ini > default).
-        model_rule: "compare" (another model or weights is compared, and said) or
-            "require-same" (it is an error).
+        model_rule: "require-same" (another model or weights fails, with the drift shown)
+            or "compare" (it is compared, and the failure message says so).
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -58,7 +58,7 @@ class TestBaselines:
     store: BaselineStore
     policy: BaselinePolicy
     tolerance: Tolerance
-    model_rule: str = "compare"
+    model_rule: str = "require-same"
 
     def check_record(
         self,
@@ -146,13 +146,16 @@ class TestBaselines:
         stored = _read(path, shown, conclude)
         self._check_identity(stored, image_key, shown, conclude)
         _check_comparable(stored, metadata, shown, conclude)
-        model_note = self._model_note(stored, metadata, conclude)
+        model_note = self._model_note(stored, metadata)
         record.baseline = _view(stored.maps, shown, "compared", stored.metadata)
         grid = current.shape[-2:]
         measured = drift.compare(
             select(current).reshape(-1, *grid), select(stored.maps).reshape(-1, *grid)
         )
-        return conclude.compared(measured, entries, stored, metadata, model_note, report_hint)
+        refuse_other_model = model_note is not None and self.model_rule == "require-same"
+        return conclude.compared(
+            measured, entries, stored, metadata, model_note, report_hint, refuse_other_model
+        )
 
     def _write(self, path: Any, maps: np.ndarray, metadata: dict[str, Any]) -> str:
         data = files.encode(maps, metadata)
@@ -177,22 +180,29 @@ class TestBaselines:
                 f"re-create it with pytest {UPDATE_FLAG}"
             )
 
-    def _model_note(
-        self, stored: Baseline, metadata: dict[str, Any], conclude: _Conclusion
-    ) -> str | None:
+    def _model_note(self, stored: Baseline, metadata: dict[str, Any]) -> str | None:
         """None for the baseline's model and weights; else a sentence naming both."""
         before, now = stored.metadata.get("model", {}), metadata["model"]
         if _model_key(before) == _model_key(now):
             return None
-        note = f"this run uses {_model_text(now)}; the baseline was made with {_model_text(before)}"
-        if self.model_rule == "require-same":
-            conclude.error(
-                f"{note}, and baseline_model='require-same' asks for the same model and "
-                f"weights. Re-create the baseline with pytest {UPDATE_FLAG} if the new model "
-                "is meant to replace the old, or use baseline_model='compare' to compare "
-                "their attention."
-            )
-        return note
+        return f"this run uses {_model_text(now)}; the baseline was made with {_model_text(before)}"
+
+
+def _other_model_message(note: str | None, drift_message: str, nodeid: str) -> str:
+    """Why a baseline of another model or weights fails under baseline_model='require-same'."""
+    measured = (
+        drift_message
+        if drift_message
+        else "  (its maps are within the tolerance of the baseline's)"
+    )
+    return (
+        f"baseline made with other weights: {note}.\n"
+        "  baseline_model='require-same' (the default) fails such a comparison, so a swapped "
+        "model never passes silently.\n"
+        f"  if the new model is meant to replace the old: pytest {UPDATE_FLAG} '{nodeid}'; to "
+        "compare the attention of different models, use baseline_model='compare'.\n"
+        f"{measured}"
+    )
 
 
 def _check_comparable(
@@ -282,6 +292,7 @@ class _Conclusion:
         metadata: dict[str, Any],
         model_note: str | None,
         report_hint: str,
+        refuse_other_model: bool = False,
     ) -> drift.Drift:
         __tracebackhide__ = True
         bad = drift.failing(measured, self.tolerance)
@@ -301,8 +312,12 @@ class _Conclusion:
             message = self._drift_message(
                 measured, entries, int(bad.sum()), model_note, changes, report_hint
             )
-        self._add(float(measured.js.max()), not bad.any(), message, details)
-        if bad.any():
+        if refuse_other_model:
+            # The maps were still measured, so the report can show what changed.
+            message = _other_model_message(model_note, message, self.record.nodeid)
+        failed = bool(bad.any()) or refuse_other_model
+        self._add(float(measured.js.max()), not failed, message, details)
+        if failed:
             raise AssertionError(message)
         return measured
 

@@ -116,6 +116,11 @@ def test_other_weights_fail_with_the_drifted_heads_worst_first(birds, weights):
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
+            "E * baseline made with other weights: this run uses vitattn_tiny_shapes (weights: "
+            "b.safetensors, file:*); the baseline was made with vitattn_tiny_shapes (weights: "
+            "a.safetensors, file:*).",
+            "E * baseline_model='require-same' (the default) fails such a comparison, so a "
+            "swapped model never passes silently.",
             "E * attention drifted from its baseline in * of 18 maps (tolerance: js <= 0.02); "
             "the baseline was made with another model or weights, worst first:",
             "E * JS div     corr  top-k IoU  max|diff|",
@@ -267,7 +272,9 @@ def test_tolerance_comes_from_call_then_marker_then_cli_then_ini(
     run(pytester, weights["a"], "--vitattn-missing-baselines=write").assert_outcomes(passed=4)
     if ini:
         pytester.makeini(f"[pytest]\nvitattn_tolerance = {ini}\n")
-    result = run(pytester, weights["b"], *([f"--vitattn-tolerance={cli}"] if cli else []))
+    # "compare": weights b are judged by their maps alone, so only the tolerance decides.
+    tolerance = [f"--vitattn-tolerance={cli}"] if cli else []
+    result = run(pytester, weights["b"], "--vitattn-baseline-model=compare", *tolerance)
     failed = {"test_bounds"} | ({"test_plain"} if plain else set())
     result.assert_outcomes(failed=len(failed), passed=4 - len(failed))
     result.stdout.fnmatch_lines(["E * in * of 18 maps (tolerance: correlation >= 0.999)*"])
@@ -347,17 +354,28 @@ def test_other_preprocessing_is_an_error_that_lists_the_differences(birds, weigh
     )
 
 
-def test_require_same_turns_other_weights_into_an_error(birds, weights):
+def test_other_weights_fail_by_default_and_the_report_still_gets_the_maps(birds, weights):
     run(birds, weights["a"], "--vitattn-missing-baselines=write").assert_outcomes(passed=2)
-    result = run(birds, weights["b"], "--vitattn-baseline-model=require-same")
+    result = run(birds, weights["b"], "--vitattn-report=out/report.html")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "E *BaselineError: this run uses vitattn_tiny_shapes (weights: b.safetensors, *); "
-            "the baseline was made with vitattn_tiny_shapes (weights: a.safetensors, *), and "
-            "baseline_model='require-same' asks for the same model and weights.*"
+            "E *AssertionError: baseline made with other weights: this run uses "
+            "vitattn_tiny_shapes (weights: b.safetensors, *); the baseline was made with "
+            "vitattn_tiny_shapes (weights: a.safetensors, *).",
         ]
     )
+    import json
+
+    results = json.loads((birds.path / "out" / "results.json").read_text())
+    baseline_checks = [
+        check
+        for record in results["records"]
+        for check in record["checks"]
+        if check["name"] == "baseline"
+    ]
+    assert baseline_checks and not any(check["passed"] for check in baseline_checks)
+    assert all(record["baseline"]["status"] == "compared" for record in results["records"])
 
 
 def test_random_weights_cannot_have_a_baseline(birds):
@@ -535,11 +553,23 @@ def test_a_timm_vit_keeps_its_baseline_and_other_weights_break_its_pattern(birds
     assert stored.maps.shape == (12, 3, 14, 14)
     assert stored.metadata["model"]["name"] == vit
     run(birds, vit_tiny_weights["a"], target, model=vit).assert_outcomes(passed=1)
-    # Random-init attention is nearly uniform: little mass moves (JS stays under the default),
-    # but the pattern is another one, which a correlation bound catches.
-    run(birds, vit_tiny_weights["b"], target, model=vit).assert_outcomes(passed=1)
+    # Other weights fail by default even when their maps are close, saying why.
+    refused = run(birds, vit_tiny_weights["b"], target, model=vit)
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(
+        ["E * baseline made with other weights: *", "E * (its maps are within the tolerance*"]
+    )
+    # Compared by their maps: random-init attention is nearly uniform, so little mass moves
+    # (JS stays under the default), but the pattern is another one, which correlation catches.
+    compare = "--vitattn-baseline-model=compare"
+    run(birds, vit_tiny_weights["b"], compare, target, model=vit).assert_outcomes(passed=1)
     result = run(
-        birds, vit_tiny_weights["b"], "--vitattn-tolerance=min_correlation=0.9", target, model=vit
+        birds,
+        vit_tiny_weights["b"],
+        compare,
+        "--vitattn-tolerance=min_correlation=0.9",
+        target,
+        model=vit,
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -594,6 +624,7 @@ def test_a_baseline_of_the_faithful_model_fails_the_shortcut_model(pytester, mon
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
+            "E * baseline made with other weights: this run uses vitattn_tiny_shapes_shortcut *",
             "E * attention drifted from its baseline in layer 5 of 0..5, mean of 3 heads "
             "(tolerance: js <= 0.02); the baseline was made with another model or weights:",
             "E *model: this run uses vitattn_tiny_shapes_shortcut (weights: pretrained, *); "
