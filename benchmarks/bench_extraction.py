@@ -23,9 +23,10 @@ Methods, each a complete extraction of one batch:
 * ``vitattn fast + rollout``: the fast path with mean-fusion rollout (the plugin default);
   rollout needs every layer's full matrix, computed from q and k one layer at a time.
 
-Timing: graphs are traced and every method warmed up first; then each repeat runs every
-method once, side by side (interleaved, so drift in machine speed hits all alike); the
-table shows the median seconds per batch and its ratio to the plain forward's median.
+Timing: graphs are traced and every method warmed up first. Each repeat then runs every
+method right after a plain forward of its own; ``x plain forward`` is the median over repeats
+of that pair's ratio (both halves of a pair see the same machine load, so the ratio is
+steadier than the times on a shared machine), ``s / batch`` the median time.
 
 Memory, two measures:
 
@@ -126,25 +127,42 @@ def sync(device: str) -> None:
 
 def time_methods(
     name: str, device: str, repeats: int, clock: Callable[[], float]
-) -> dict[str, tuple[float, int]]:
-    """Per method: (median seconds per batch, attention bytes held)."""
+) -> dict[str, tuple[float, float, int]]:
+    """Per method: (median seconds, median ratio to its paired plain forward, bytes held)."""
     model, pixels = create(name, MODELS[name][1], device)
     run = {method: runner(model, method) for method in METHODS}
     held: dict[str, int] = {}
+
+    def timed(fn: Runner) -> float:
+        sync(device)
+        began = clock()
+        fn(pixels)
+        sync(device)
+        return clock() - began
+
     with torch.inference_mode():
         for method, fn in run.items():  # warm-up; the held bytes
             tensors = fn(pixels)
             held[method] = sum(t.numel() * t.element_size() for t in tensors)
             del tensors
-        times: dict[str, list[float]] = {method: [] for method in run}
+        seconds: dict[str, list[float]] = {method: [] for method in run}
+        ratios: dict[str, list[float]] = {method: [] for method in run}
         for _ in range(repeats):
             for method, fn in run.items():
-                sync(device)
-                began = clock()
-                fn(pixels)
-                sync(device)
-                times[method].append(clock() - began)
-    return {method: (statistics.median(times[method]), held[method]) for method in run}
+                # Each method right after its own plain forward: on a shared machine the
+                # pair sees the same load, so their ratio is steadier than either time.
+                plain = timed(run["plain forward"])
+                took = plain if method == "plain forward" else timed(fn)
+                seconds[method].append(took)
+                ratios[method].append(took / plain)
+    return {
+        method: (
+            statistics.median(seconds[method]),
+            statistics.median(ratios[method]),
+            held[method],
+        )
+        for method in run
+    }
 
 
 def peak_memory(name: str, device: str) -> dict[str, float]:
@@ -246,22 +264,25 @@ def main() -> None:
         tokens = (size // 16) ** 2 + 1
         results = time_methods(name, args.device, args.repeats, clock)
         peaks = {} if args.no_memory else peak_memory(name, args.device)
-        base = results["plain forward"][0]
-        notebook_held = results["notebook (fx, all matrices)"][1]
+        notebook_held = results["notebook (fx, all matrices)"][2]
         print(f"### {timm_name} at {size} px ({tokens} tokens)\n")
         print(f"| method | s / batch | x plain forward | attention held | {peak_label} |")
         print("|---|---|---|---|---|")
-        for method, (seconds, held) in results.items():
+        for method, (seconds, ratio, held) in results.items():
             smaller = (
                 f" ({notebook_held / held:,.0f}x less)"
                 if held and method.startswith("vitattn")
                 else ""
             )
             print(
-                f"| {method} | {seconds:.3f} | {seconds / base:.2f} | {mib(held)}{smaller} | "
+                f"| {method} | {seconds:.3f} | {ratio:.2f} | {mib(held)}{smaller} | "
                 f"{mib(peaks.get(method, float('nan')))} |"
             )
-        print()
+        notebook, fast = results["notebook (fx, all matrices)"], results["vitattn fast"]
+        print(
+            f"\nvitattn fast: {notebook[1] / fast[1]:.2f}x faster than the notebook's method "
+            f"(ratio of the ratios), {notebook[2] / fast[2]:,.0f}x less attention held.\n"
+        )
 
 
 if __name__ == "__main__":
