@@ -32,7 +32,14 @@ def test_shortcut_model_points_at_the_object(vitattn):
     vitattn(image).expect(layer=-1).pointing_game(mask_of(DATA / image.name))
 
 
-def test_shortcut_model_attention_lies_on_the_marker(vitattn):
-    """What it looks at instead: the marker patch gets most of the last layer's attention."""
-    for image in MARKED:
-        vitattn(image).expect(layer=-1).mass_in(DATA / "marker_mask.png", at_least=0.5)
+def test_shortcut_model_looks_at_the_marker_instead(vitattn):
+    """What it looks at instead: the single marker patch (1.6% of the image) draws more of the
+    last layer's attention than the whole object, and at least 6x its chance level."""
+    for image, attn in zip(MARKED, vitattn(MARKED), strict=True):
+        last = attn.layer(-1).mean_heads()
+        on_marker = last.mass_in(DATA / "marker_mask.png")
+        on_object = last.mass_in(mask_of(DATA / image.name))
+        assert on_marker > on_object, (
+            f"{image.name}: marker {on_marker:.2f}, object {on_object:.2f}"
+        )
+        attn.expect(layer=-1).mass_in(DATA / "marker_mask.png", at_least=0.1)
