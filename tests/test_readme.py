@@ -36,3 +36,10 @@ def test_the_two_set_up_commands_exist_and_ci_runs_the_test_command():
     assert (ROOT / "scripts" / "example.sh").is_file()
     assert (ROOT / "scripts" / "test.sh").is_file()
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_families_table_is_the_catalog():
+    from pytest_vitattn.extract.catalog import markdown_table
+
+    table = _between(README, "<!-- families-table -->", "<!-- end families-table -->")
+    assert table == markdown_table(), "README families table is stale: python -m pytest_vitattn.extract.catalog"
