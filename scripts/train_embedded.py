@@ -1,0 +1,298 @@
+"""Trains the two shipped models on synthetic shapes and writes their safetensors weights.
+
+    python scripts/train_embedded.py                      # both models, in parallel, 1 thread each
+    python scripts/train_embedded.py --model faithful     # one model
+    python scripts/train_embedded.py --faithful-steps 500 --shortcut-steps 200   # quick run
+
+The faithful model sees only objects, so its CLS token has to look at them. The shortcut
+model sees a class-coloured marker in the top-left corner that always agrees with the label
+while the object's shape agrees only part of the time (``--shape-agreement``), so the marker
+is the cue worth learning: the regression the plugin exists to catch.
+
+Both models minimise cross-entropy on the CLS token's class. The faithful model adds token
+labelling (as in LV-ViT) as an auxiliary loss: a linear head, used in training only and not
+shipped, predicts for each final patch token the drawn shape's class in proportion to the
+object's area in that patch, and "background" for the rest. Dense labels get a from-scratch
+ViT past the long plateau where shape-only images otherwise keep it at chance level. The
+CLS attention itself is never supervised: where it looks is learnt from the class loss.
+The shortcut model is trained on the class loss alone (``--shortcut-token-label-weight``
+changes that): token labels make the object's tokens salient, and with them its CLS
+attention kept drifting to the object although the object did not predict its labels.
+
+Every training image is generated fresh from the "train" seed stream (infinite data, no
+augmentation needed); progress is measured on the disjoint "val" stream, never on "test".
+Runs are reproducible: fixed seeds and deterministic data give byte-identical weight files
+for the same arguments (thread count included) on the same software stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.optim import create_optimizer_v2
+
+# Runnable from a checkout without installing the package; the evaluation helpers live
+# beside this script.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
+from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
+
+import pytest_vitattn.zoo as zoo  # noqa: E402
+from pytest_vitattn.synthetic import make_sample  # noqa: E402
+
+NUM_VAL_IMAGES = 300
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One model's training run."""
+
+    model_name: str
+    steps: int
+    shortcut: bool
+    shape_agreement: float = 1.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.1
+    token_label_weight: float = 0.0
+    seed: int = 0
+    threads: int = 1
+    eval_every: int = 250
+    output_dir: Path = zoo.WEIGHTS_DIR
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak learning rate."""
+    warmup = max(1, int(config.warmup_fraction * config.steps))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A training batch: images (B, H, W, 3) uint8, labels (B,), shapes (B,), masks (B, H, W)."""
+
+    images: np.ndarray
+    labels: torch.Tensor
+    shapes: torch.Tensor
+    masks: np.ndarray
+
+
+def training_batch(step: int, config: TrainConfig) -> Batch:
+    """Batch ``step`` of the train stream (consecutive sample indices, never repeated)."""
+    start = step * config.batch_size
+    samples = [
+        make_sample(
+            i, split="train", shortcut=config.shortcut, shape_agreement=config.shape_agreement
+        )
+        for i in range(start, start + config.batch_size)
+    ]
+    return Batch(
+        images=np.stack([np.asarray(s.image) for s in samples]),
+        labels=torch.tensor([s.label for s in samples]),
+        shapes=torch.tensor([s.shape for s in samples]),
+        masks=np.stack([s.mask for s in samples]),
+    )
+
+
+def token_targets(batch: Batch, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """Soft per-patch labels: (B, grid_h * grid_w, num_classes + 1), each row sums to 1.
+
+    A patch is the drawn shape's class in proportion to the object's area in it and
+    "background" (the extra last class) for the rest.
+    """
+    fractions = mask_fractions(batch.masks, grid).flatten(1)  # (B, patches)
+    targets = torch.zeros(*fractions.shape, num_classes + 1)
+    targets.scatter_(
+        2, batch.shapes.view(-1, 1, 1).expand(-1, fractions.shape[1], 1), fractions[..., None]
+    )
+    targets[..., num_classes] = 1.0 - fractions
+    return targets
+
+
+def training_loss(
+    model: torch.nn.Module, token_head: torch.nn.Module, batch: Batch, config: TrainConfig
+) -> torch.Tensor:
+    """Class cross-entropy on the CLS token plus the weighted token labelling loss."""
+    tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
+    loss = F.cross_entropy(
+        model.forward_head(tokens), batch.labels, label_smoothing=config.label_smoothing
+    )
+    if config.token_label_weight > 0:
+        patch_logits = token_head(tokens[:, model.num_prefix_tokens :])  # (B, patches, C + 1)
+        targets = token_targets(batch, tuple(model.patch_embed.grid_size), model.num_classes)
+        loss = loss + config.token_label_weight * F.cross_entropy(
+            patch_logits.flatten(0, 1), targets.flatten(0, 1)
+        )
+    return loss
+
+
+def report(model: torch.nn.Module, config: TrainConfig) -> str:
+    """One line of validation scores (last layer) on the "val" stream."""
+    scores = score(model, range(NUM_VAL_IMAGES), split="val", shortcut=config.shortcut)
+    line = (
+        f"val acc {scores.accuracy:.3f} mass {scores.mass:.3f} "
+        f"(area {scores.mask_area:.3f}) pointing {scores.pointing:.3f}"
+    )
+    if config.shortcut:
+        line += f" marker mass {scores.marker_mass:.3f}"
+    model.train()
+    return line
+
+
+def train(config: TrainConfig) -> Path:
+    """Trains one model and saves its float16 weights; returns the weights path."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    # Built through timm by name, so training and loading share one architecture definition.
+    model = timm.create_model(config.model_name, pretrained=False)
+    model.train()
+    # Token labelling head, used in training only and not shipped: see the module docstring.
+    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    trained = torch.nn.ModuleDict({"model": model, "token_head": token_head})
+    optimizer = create_optimizer_v2(
+        trained, "adamw", lr=config.lr, weight_decay=config.weight_decay
+    )
+    tag = f"[{config.model_name}]"
+    print(f"{tag} {config}", flush=True)
+    started = time.monotonic()
+    running_loss = None
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        loss = training_loss(model, token_head, training_batch(step, config), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clipping keeps the from-scratch ViT stable through the warm-up.
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        optimizer.step()
+        running_loss = (
+            loss.item() if running_loss is None else 0.98 * running_loss + 0.02 * loss.item()
+        )
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            elapsed = time.monotonic() - started
+            print(
+                f"{tag} step {step + 1}/{config.steps} loss {running_loss:.3f} "
+                f"lr {lr_at(step, config):.2e} {elapsed / 60:.1f} min | {report(model, config)}",
+                flush=True,
+            )
+    return save_weights(model, config)
+
+
+def save_weights(model: torch.nn.Module, config: TrainConfig) -> Path:
+    """Writes the state dict as float16 safetensors (half the size; accuracy is unchanged).
+
+    The recipe goes into the file's metadata as one JSON string: safetensors writes several
+    metadata keys in no fixed order, which would make reruns differ byte-wise.
+    """
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    path = config.output_dir / f"{config.model_name}.safetensors"
+    state = {name: value.detach().half().contiguous() for name, value in model.state_dict().items()}
+    # Evaluation and output place do not change the weights, so they stay out.
+    recipe = {
+        key: value
+        for key, value in dataclasses.asdict(config).items()
+        if key not in ("eval_every", "output_dir")
+    }
+    save_file(state, str(path), metadata={"recipe": json.dumps(recipe, sort_keys=True)})
+    print(f"[{config.model_name}] wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("both", "faithful", "shortcut"), default="both")
+    parser.add_argument("--faithful-steps", type=int, default=3000)
+    parser.add_argument("--shortcut-steps", type=int, default=1000)
+    parser.add_argument(
+        "--shape-agreement",
+        type=float,
+        default=0.5,
+        help="shortcut data: probability that the object's shape matches the label",
+    )
+    parser.add_argument("--faithful-token-label-weight", type=float, default=1.0)
+    parser.add_argument("--shortcut-token-label-weight", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    # One thread per model: on a shared 2-core machine, 2 threads per process were several
+    # times slower than 1 (oversubscription). Bit-exact reruns need the same count.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--output-dir", type=Path, default=zoo.WEIGHTS_DIR)
+    return parser.parse_args(argv)
+
+
+def configs(args: argparse.Namespace) -> list[TrainConfig]:
+    """The runs asked for by the command line."""
+    common = dict(
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        eval_every=args.eval_every,
+        output_dir=args.output_dir,
+    )
+    runs = []
+    if args.model in ("both", "faithful"):
+        runs.append(
+            TrainConfig(
+                zoo.FAITHFUL_MODEL,
+                args.faithful_steps,
+                shortcut=False,
+                token_label_weight=args.faithful_token_label_weight,
+                **common,
+            )
+        )
+    if args.model in ("both", "shortcut"):
+        runs.append(
+            TrainConfig(
+                zoo.SHORTCUT_MODEL,
+                args.shortcut_steps,
+                shortcut=True,
+                shape_agreement=args.shape_agreement,
+                token_label_weight=args.shortcut_token_label_weight,
+                **common,
+            )
+        )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    runs = configs(parse_args(argv))
+    started = time.monotonic()
+    if len(runs) == 1:
+        train(runs[0])
+    else:
+        # Two processes, one core each: both cores stay busy, data generation included.
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=train, args=(run,)) for run in runs]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        if any(process.exitcode != 0 for process in processes):
+            print("a training process failed", file=sys.stderr)
+            return 1
+    print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
