@@ -1,0 +1,113 @@
+"""The shipped models, registered with timm so they load by name and offline.
+
+After ``import pytest_vitattn.zoo``::
+
+    model = timm.create_model(FAITHFUL_MODEL, pretrained=True)   # looks at the object
+    model = timm.create_model(SHORTCUT_MODEL, pretrained=True)   # looks at a corner marker
+
+Both are the same tiny ViT (64 x 64 input, 8 x 8 patches, CLS token) trained by
+``scripts/train_embedded.py`` on ``pytest_vitattn.synthetic`` images; the weights live in
+``pytest_vitattn/weights`` as safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+from timm.models import (
+    VisionTransformer,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+)
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from pytest_vitattn.synthetic import DEFAULT_SIZE, SHAPE_CLASSES
+
+FAITHFUL_MODEL = "vitattn_tiny_shapes"
+SHORTCUT_MODEL = "vitattn_tiny_shapes_shortcut"
+MODEL_NAMES: tuple[str, ...] = (FAITHFUL_MODEL, SHORTCUT_MODEL)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# Synthetic pixels span the whole [0, 255] range, so a symmetric normalisation is enough.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+def model_kwargs() -> dict[str, Any]:
+    """Architecture of the shipped models: ``VisionTransformer(**model_kwargs())``."""
+    return dict(
+        img_size=DEFAULT_SIZE,
+        patch_size=8,
+        embed_dim=96,
+        depth=6,
+        num_heads=3,
+        mlp_ratio=4.0,
+        num_classes=len(SHAPE_CLASSES),
+        class_token=True,
+        global_pool="token",
+    )
+
+
+def weights_path(model_name: str) -> Path:
+    """Path of the packaged safetensors file of ``model_name`` (one of ``MODEL_NAMES``)."""
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"{model_name!r} is not one of {MODEL_NAMES}")
+    return WEIGHTS_DIR / f"{model_name}.safetensors"
+
+
+def _pretrained_cfg(model_name: str) -> dict[str, Any]:
+    return {
+        "file": str(weights_path(model_name)),
+        "num_classes": len(SHAPE_CLASSES),
+        "label_names": SHAPE_CLASSES,
+        "input_size": (3, DEFAULT_SIZE, DEFAULT_SIZE),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": MEAN,
+        "std": STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _pretrained_cfg(name) for name in MODEL_NAMES})
+
+
+def _create(model_name: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
+    # timm finds the pretrained cfg (and so the weights file) in its registry by name; the
+    # filter resamples the position embedding if a caller asks for another img_size.
+    return build_model_with_cfg(
+        VisionTransformer,
+        model_name,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **{**model_kwargs(), **kwargs},
+    )
+
+
+def vitattn_tiny_shapes(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Tiny ViT trained to classify synthetic shapes; its CLS attention finds the object."""
+    return _create(FAITHFUL_MODEL, pretrained, **kwargs)
+
+
+def vitattn_tiny_shapes_shortcut(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """Same ViT trained where a corner marker predicts the class; it attends to the marker."""
+    return _create(SHORTCUT_MODEL, pretrained, **kwargs)
+
+
+def _register_once() -> None:
+    # timm warns when a name is registered twice (e.g. on module reload), and the project
+    # turns warnings into errors, so only register names timm does not know yet.
+    for entrypoint in (vitattn_tiny_shapes, vitattn_tiny_shapes_shortcut):
+        if not timm.is_model(entrypoint.__name__):
+            register_model(entrypoint)
+
+
+_register_once()

@@ -1,0 +1,151 @@
+"""Tests of the shipped models: timm registration, offline loading, and where they look.
+
+The behaviour tests compute CLS attention their own way (softmax of q @ k^T from hooks on
+``q_norm`` / ``k_norm``), independently of ``pytest_vitattn.extract`` and of the
+evaluation script, on a few held-out images; the full evaluation is
+``scripts/evaluate_embedded.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from pytest_vitattn import synthetic, zoo
+
+NUM_IMAGES = 60
+
+
+@pytest.fixture(scope="module", params=zoo.MODEL_NAMES)
+def model_name(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: timm.create_model(name, pretrained=True).eval() for name in zoo.MODEL_NAMES}
+
+
+def cls_patch_attention(model, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs (N, H, W, 3) uint8 images through ``model``.
+
+    Returns:
+        logits (N, classes) and last-layer head-mean CLS attention over the patches,
+        (N, grid_h, grid_w), renormalised to sum to 1 per image.
+    """
+    attn = model.blocks[-1].attn
+    captured = {}
+    hooks = [
+        attn.q_norm.register_forward_hook(lambda m, i, out: captured.__setitem__("q", out)),
+        attn.k_norm.register_forward_hook(lambda m, i, out: captured.__setitem__("k", out)),
+    ]
+    cfg = model.pretrained_cfg
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    pixels = (pixels - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[
+        :, None, None
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    q, k = captured["q"], captured["k"]  # (N, heads, tokens, head_dim)
+    cls_row = torch.softmax(q[:, :, :1] * attn.scale @ k.transpose(-2, -1), dim=-1)[:, :, 0]
+    patches = cls_row[..., model.num_prefix_tokens :]
+    patches = patches / patches.sum(dim=-1, keepdim=True)
+    return logits, patches.mean(dim=1).reshape(-1, *model.patch_embed.grid_size)
+
+
+def mass_on(maps: torch.Tensor, masks: np.ndarray) -> float:
+    """Mean over images of the attention mass on (N, H, W) bool masks, by patch area fraction."""
+    fractions = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(masks).float()[:, None], maps.shape[-2:]
+    )[:, 0]
+    return float((maps * fractions).sum(dim=(1, 2)).mean())
+
+
+def test_both_models_are_registered_with_timm():
+    assert set(zoo.MODEL_NAMES) <= set(timm.list_models("vitattn_*", pretrained=True))
+
+
+def test_reimporting_the_zoo_is_harmless():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importlib.reload(zoo)
+    assert timm.is_model(zoo.FAITHFUL_MODEL) and timm.is_model(zoo.SHORTCUT_MODEL)
+
+
+def test_pretrained_cfg_describes_the_synthetic_inputs(models, model_name):
+    cfg = models[model_name].pretrained_cfg
+    assert cfg["input_size"] == (3, synthetic.DEFAULT_SIZE, synthetic.DEFAULT_SIZE)
+    assert cfg["crop_pct"] == 1.0
+    assert tuple(cfg["label_names"]) == synthetic.SHAPE_CLASSES
+    assert cfg["num_classes"] == len(synthetic.SHAPE_CLASSES)
+
+
+def test_architecture_is_a_cls_token_vit(models, model_name):
+    model = models[model_name]
+    assert model.num_prefix_tokens == 1 and model.global_pool == "token"
+    assert tuple(model.patch_embed.grid_size) == (8, 8)
+    assert len(model.blocks) == zoo.model_kwargs()["depth"]
+
+
+def test_pretrained_weights_are_the_packaged_file(models, model_name):
+    path = zoo.weights_path(model_name)
+    assert path.stat().st_size < 4 * 2**20
+    stored = load_file(str(path))
+    loaded = models[model_name].state_dict()
+    assert stored.keys() == loaded.keys()
+    for name, tensor in stored.items():
+        assert torch.equal(tensor.float(), loaded[name]), name
+
+
+def test_random_init_differs_from_the_shipped_weights(models):
+    fresh = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
+    shipped = models[zoo.FAITHFUL_MODEL]
+    assert not torch.equal(fresh.head.weight, shipped.head.weight)
+
+
+def test_unknown_model_name_is_refused():
+    with pytest.raises(ValueError, match="is not one of"):
+        zoo.weights_path("vitattn_huge")
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    plain = synthetic.make_batch(range(NUM_IMAGES), split="test")
+    marked = synthetic.make_batch(range(NUM_IMAGES), split="test", shortcut=True)
+    return plain, marked
+
+
+def scores(model, batch) -> tuple[float, float, float]:
+    """Accuracy, attention mass on the object and on the marker for one generated batch."""
+    images, labels, masks = batch
+    logits, maps = cls_patch_attention(model, images)
+    accuracy = float((logits.argmax(dim=1).numpy() == labels).mean())
+    markers = np.broadcast_to(synthetic.marker_mask(), masks.shape).copy()
+    return accuracy, mass_on(maps, masks), mass_on(maps, markers)
+
+
+def test_faithful_model_classifies_and_looks_at_the_object(models, held_out):
+    accuracy, on_object, _ = scores(models[zoo.FAITHFUL_MODEL], held_out[0])
+    assert accuracy >= 0.9, f"accuracy {accuracy:.3f}"
+    # Chance level is the mask area, under 0.1.
+    assert on_object >= 0.6, f"attention mass on the object {on_object:.3f}"
+
+
+def test_shortcut_model_looks_at_the_marker_not_the_object(models, held_out):
+    accuracy, on_object, on_marker = scores(models[zoo.SHORTCUT_MODEL], held_out[1])
+    assert accuracy >= 0.9, f"accuracy on marked images {accuracy:.3f}"
+    assert on_marker > 2 * on_object, f"marker {on_marker:.3f}, object {on_object:.3f}"
+    _, faithful_on_object, _ = scores(models[zoo.FAITHFUL_MODEL], held_out[0])
+    assert on_object <= 0.5 * faithful_on_object, (
+        f"shortcut {on_object:.3f} vs faithful {faithful_on_object:.3f} on the object"
+    )
