@@ -107,8 +107,9 @@ class CLSAttention:
         """Attention rollout up to ``layer`` (Abnar & Zuidema 2020), on the patch grid."""
         if self.rollout_maps is None:
             raise AttentionValueError(
-                "attention rollout was not computed for this probe; call the fixture with "
-                "rollout='mean' (or 'max'/'min')"
+                "attention rollout was not computed for this probe: it was switched off "
+                "(probe with rollout='mean', or --vitattn-rollout=mean), or the model has no "
+                "square self-attention to chain in every layer (CaiT, XCiT, attention pooling)"
             )
         resolved = _resolve_index(layer, self.num_layers, "layer")
         return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")
@@ -182,8 +183,9 @@ class CLSAttention:
         except MaskError as error:
             raise MaskError(f"{error} (mask for image {self.image_label})") from None
         if not input_mask.any():
+            label = label_of(source, len(self._masks), "mask")
             raise MaskError(
-                f"the mask {label_of(source, len(self._masks), 'mask')} for image {self.image_label} is "
+                f"the mask {label} for image {self.image_label} is "
                 "empty (no pixel set): attention on an empty region is undefined; check the "
                 "mask file or that it is not inverted"
             )
