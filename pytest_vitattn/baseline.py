@@ -22,17 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pytest_vitattn.errors import BaselineError
+from pytest_vitattn.versions import package_versions
 
 FORMAT = "pytest-vitattn-baseline"
 FORMAT_VERSION = 1
@@ -150,13 +149,7 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape the maps."""
-    versions = {"python": platform.python_version()}
-    for package in _VERSIONED_PACKAGES:
-        try:
-            versions[package] = package_metadata.version(package)
-        except package_metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+    return package_versions(_VERSIONED_PACKAGES)
 
 
 def encode(maps: np.ndarray, metadata: dict[str, Any]) -> bytes:

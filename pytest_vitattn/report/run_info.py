@@ -5,13 +5,13 @@ Stdlib only: versions come from package metadata, so nothing heavy is imported f
 
 from __future__ import annotations
 
-import platform
 import shlex
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pytest_vitattn.versions import package_versions
 
 _VERSIONED = ("pytest-vitattn", "torch", "timm", "pytest")
 
@@ -60,10 +60,4 @@ class RunInfo:
 
 def installed_versions() -> dict[str, str]:
     """Versions of the packages that decide what the maps look like, and of Python."""
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return package_versions(_VERSIONED)
