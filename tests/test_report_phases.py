@@ -10,6 +10,8 @@ probing and a pass; run once serially and once with ``-n 2``.
 from __future__ import annotations
 
 import html
+import io
+import itertools
 import json
 import os
 import re
@@ -17,7 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from pytest_vitattn.records import anchor
+from pytest_vitattn.report.chromium import Chromium, find_chromium
 
 SUITE = """
 import numpy as np
@@ -88,6 +95,17 @@ def test_skipped_after_probing(vitattn, files):
 def test_passes(vitattn, files):
     image, mask = files[1]
     vitattn(image).expect(layer=-1).mass_in(mask, at_least=0.0)
+
+
+def test_red_object(vitattn, tmp_path):
+    # A red object on red: an outline in red would vanish here.
+    pixels = np.zeros((224, 224, 3), np.uint8)
+    pixels[...] = (255, 0, 0)
+    mask = np.zeros((224, 224), bool)
+    mask[56:168, 56:168] = True
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "red_mask.png")
+    vitattn(tmp_path / "red.png").expect(layer=-1).mass_in(tmp_path / "red_mask.png", at_least=0.0)
 """
 
 TESTS = {  # pytest's counting: the teardown error counts on top of the pass
@@ -95,7 +113,7 @@ TESTS = {  # pytest's counting: the teardown error counts on top of the pass
     "error": 2,
     "xfailed": 1,
     "skipped": 1,
-    "passed": 2,
+    "passed": 3,
 }
 IMAGES = {
     "failed": 2,
@@ -103,7 +121,7 @@ IMAGES = {
     "not-judged": 1,
     "xfailed": 1,
     "skipped": 1,
-    "passed": 1,
+    "passed": 2,
 }
 
 
@@ -160,7 +178,7 @@ def by_test(results) -> dict[str, list[dict]]:
 def test_pytest_and_the_report_count_tests_the_same_way(phases_run):
     result, results, _ = phases_run
     assert result.returncode == 1
-    assert "2 failed, 2 passed, 1 skipped, 1 xfailed, 2 errors in" in result.stdout
+    assert "2 failed, 3 passed, 1 skipped, 1 xfailed, 2 errors in" in result.stdout
     assert results["summary"]["outcomes"] == TESTS
     assert results["summary"]["images"] == IMAGES
     failures = results["summary"]["failures"]
@@ -290,3 +308,227 @@ def test_image_status_rules(outcome, checks, other_failed, status):
 
     made = [CheckResult("mass_in_mask", 0.5, passed, ">=", 0.6, 0.1, "s") for passed in checks]
     assert image_status(outcome, made, other_failed) == status
+
+
+# --- In a real browser: counts, layout at laptop and phone widths, outline contrast ------
+
+WIDE, NARROW = (1440, 900), (390, 844)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if find_chromium() is None:
+        reason = "Chromium not found: apt-get install chromium (or set VITATTN_CHROMIUM)"
+        if os.environ.get("VITATTN_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with Chromium(window=WIDE) as chromium:
+        yield chromium
+
+
+def open_report(browser, suite_folder: Path, size: tuple[int, int], fragment: str = "") -> None:
+    width, height = size
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=width < 600,
+    )
+    browser.console_errors.clear()
+    browser.open((suite_folder / "serial" / "report.html").as_uri() + fragment)
+
+
+def keep_screenshot(browser, name: str) -> Image.Image:
+    """The viewport as an image; kept in $VITATTN_SCREENSHOTS (a CI artifact) when set."""
+    png = browser.screenshot()
+    folder = os.environ.get("VITATTN_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.png").write_bytes(png)
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def test_the_browser_shows_one_count_per_status_everywhere(browser, phases_run, suite_folder):
+    open_report(browser, suite_folder, WIDE)
+    shown = browser.evaluate(
+        "(() => { const counts = {}; for (const r of document.querySelectorAll('.record')) {"
+        "  const s = [...r.classList].find(c => c.startsWith('status-')).slice(7);"
+        "  counts[s] = (counts[s] || 0) + 1; } return counts; })()"
+    )
+    assert shown == IMAGES
+    header = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('.summary .images .badge')]"
+        ".map(b => [b.dataset.status, Number(b.dataset.count)]))"
+    )
+    tests = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('.summary .outcomes .badge')]"
+        ".map(b => [b.dataset.status, Number(b.dataset.count)]))"
+    )
+    filters = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('.filters [data-hides^=status-]')]"
+        ".map(b => [b.dataset.hides.slice(7),"
+        " Number(b.nextElementSibling.textContent.match(/\\((\\d+)\\)/)[1])]))"
+    )
+    assert header == filters == IMAGES
+    assert tests == TESTS
+    entries = browser.evaluate("document.querySelectorAll('.failures li.failure').length")
+    assert entries == TESTS["failed"] + TESTS["error"]
+    # Errors have their own filter.
+    browser.evaluate("document.getElementById('filter-status-error').click()")
+    hidden = browser.evaluate(
+        "[...document.querySelectorAll('.record')]"
+        ".filter(r => getComputedStyle(r).display === 'none').length"
+    )
+    assert hidden == IMAGES["error"]
+    assert browser.console_errors == []
+
+
+OVERFLOWING = """(() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const element of document.querySelectorAll('body *')) {
+    if (element.closest('[hidden], .skip')) continue;
+    let scrolled = false;  // inside a box that scrolls sideways: it may be wider
+    for (let up = element.parentElement; up && up !== document.body; up = up.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(up).overflowX)) { scrolled = true; break; }
+    }
+    if (scrolled) continue;
+    const box = element.getBoundingClientRect();
+    if (box.width && (box.right > width + 0.5 || box.left < -0.5)) {
+      out.push(element.tagName + '.' + element.className + ' ' + Math.round(box.left) +
+               '..' + Math.round(box.right));
+    }
+  }
+  return out.slice(0, 10);
+})()"""
+
+
+def box(browser, selector: str) -> dict[str, float]:
+    return browser.evaluate(
+        f"(() => {{ const b = document.querySelector({json.dumps(selector)})"
+        ".getBoundingClientRect(); return {left: b.left, right: b.right, top: b.top,"
+        " bottom: b.bottom, width: b.width, height: b.height}; })()"
+    )
+
+
+@pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1440px", "390px"])
+def test_nothing_overflows_the_viewport(browser, suite_folder, size):
+    open_report(browser, suite_folder, size)
+    keep_screenshot(browser, f"top-{size[0]}")
+    record = anchor("test_suite.py::test_batch_first_fails::shape0.png")
+    browser.evaluate(f"document.getElementById('{record}').scrollIntoView()")
+    keep_screenshot(browser, f"failed-record-{size[0]}")
+    assert browser.evaluate(OVERFLOWING) == []
+    page_width = browser.evaluate("document.documentElement.scrollWidth")
+    assert page_width <= size[0]
+
+
+def test_on_a_laptop_the_grid_sits_beside_the_overlay(browser, suite_folder):
+    open_report(browser, suite_folder, WIDE)
+    record = "#" + anchor("test_suite.py::test_batch_first_fails::shape0.png")
+    overlay, grid = box(browser, f"{record} .stage"), box(browser, f"{record} .grid-box")
+    assert grid["left"] >= overlay["right"]
+    assert grid["top"] < overlay["bottom"]  # side by side, not below
+
+
+def test_on_a_phone_the_bar_is_small_and_the_failures_one_column(browser, suite_folder):
+    open_report(browser, suite_folder, NARROW)
+    bar = box(browser, ".filters")
+    assert bar["height"] <= 0.08 * NARROW[1], bar
+    items = browser.evaluate(
+        "[...document.querySelectorAll('.failures li.failure')].map(li => {"
+        " const b = li.getBoundingClientRect(); return [b.left, b.top, b.bottom]; })"
+    )
+    assert len({round(left) for left, _, _ in items}) == 1  # one column
+    for (_, _, bottom), (_, top, _) in itertools.pairwise(items):
+        assert top >= bottom - 0.5  # no entry overlaps the next
+    # Wide tables scroll inside their box instead of widening the page.
+    record = "#" + anchor("test_suite.py::test_batch_first_fails::shape0.png")
+    scroller = browser.evaluate(
+        f"(() => {{ const s = document.querySelector('{record} .grid-box .scroll');"
+        "return [s.scrollWidth, s.clientWidth, getComputedStyle(s).overflowX]; })()"
+    )
+    assert scroller[2] == "auto" and scroller[1] <= NARROW[0]
+
+
+def test_each_map_shows_its_peak_and_the_failed_checks_map_stands_out(browser, suite_folder):
+    open_report(browser, suite_folder, WIDE)
+    record = "#" + anchor("test_suite.py::test_batch_first_fails::shape0.png")
+    peaks = browser.evaluate(
+        f"[...document.querySelectorAll('{record} .grid .peak')]"
+        ".map(p => [p.textContent, p.getBoundingClientRect().height])"
+    )
+    assert len(peaks) == 6 * 5  # 6 layers x (3 heads, mean, rollout)
+    assert all(re.fullmatch(r"(✗ )?\d+(\.\d)?x( failed check)?", text) for text, _ in peaks)
+    assert all(height > 8 for _, height in peaks)  # visible, not a tooltip
+    judged = browser.evaluate(
+        f"[...document.querySelectorAll('{record} .grid td.judged-failed')].map(td =>"
+        " [td.parentElement.sectionRowIndex, td.cellIndex - 1,"
+        "  getComputedStyle(td.querySelector('.map')).outlineStyle])"
+    )
+    assert judged == [[5, 1, "solid"]]  # layer 5 (the last), head 1: the check's map
+    first_choice = browser.evaluate(
+        f"document.querySelector('{record} .choice + label').textContent"
+    )
+    assert first_choice == "failed check: layer 5 head 1"
+
+
+def test_the_colour_scale_is_shared_by_default_and_per_map_on_request(browser, suite_folder):
+    open_report(browser, suite_folder, WIDE)
+    record = "#" + anchor("test_suite.py::test_passes::shape1.png")
+    sprite = f"getComputedStyle(document.querySelector('{record} .grid .map')).backgroundImage"
+    shown = (
+        f"[...document.querySelectorAll('{record} .colourbar')]"
+        ".filter(c => getComputedStyle(c).display !== 'none').map(c => c.className)"
+    )
+    shared = browser.evaluate(sprite)
+    assert browser.evaluate(shown) == ["colourbar scale-shared"]
+    ticks = browser.evaluate(f"document.querySelector('{record} .colourbar .ticks').textContent")
+    assert "1x" in ticks and "1/8x" in ticks
+    browser.evaluate("document.getElementById('scale-own').click()")
+    assert browser.evaluate(shown) == ["colourbar scale-own"]
+    own = browser.evaluate(sprite)
+    assert own != shared and own.startswith('url("data:image/png')
+
+
+def luminance(colour) -> float:
+    channels = np.asarray(colour[:3], float) / 255
+    linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def contrast(first, second) -> float:
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_the_mask_outline_is_visible_on_a_red_object(browser, suite_folder):
+    open_report(browser, suite_folder, WIDE)
+    record = anchor("test_suite.py::test_red_object::red.png")
+    browser.evaluate(f"document.getElementById('{record}-overlay-none').click()")  # image only
+    browser.evaluate(
+        f"window.scrollTo(0, document.querySelector('#{record} .stage')"
+        ".getBoundingClientRect().top + window.scrollY - 200)"
+    )
+    stage = box(browser, f"#{record} .stage")
+    shot = keep_screenshot(browser, "outline-on-red")
+    crop = np.asarray(
+        shot.crop(
+            (
+                round(stage["left"]),
+                round(stage["top"]),
+                round(stage["right"]),
+                round(stage["bottom"]),
+            )
+        )
+    ).astype(int)
+    row = crop[crop.shape[0] // 2]  # a line across the middle of the image and its mask
+    red = row[5]
+    assert contrast(red, (255, 0, 0)) < 1.1  # the background really is red here
+    edge = round(crop.shape[1] * 56 / 224)  # where the mask starts
+    near = row[edge - 6 : edge + 6]
+    light = max(near, key=luminance)
+    dark = min(near, key=luminance)
+    assert contrast(light, red) >= 3 and contrast(dark, red) >= 3
+    assert contrast(light, dark) >= 7

@@ -218,16 +218,23 @@ def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:
     return (png, "image/png") if len(png) <= len(jpeg) else (jpeg, "image/jpeg")
 
 
-def outline_png(mask: np.ndarray, colour_index: int = 0) -> bytes:
-    """The boundary of a mask as a transparent PNG at the mask's resolution: a light line
-    two pixels wide (one inside, one outside the mask) between two dark halos, so it shows
-    on light and dark, red and green alike.
+def outline_png(
+    mask: np.ndarray, colour_index: int = 0, size: tuple[int, int] | None = None
+) -> bytes:
+    """The boundary of a mask as a transparent PNG: a light line two pixels wide (one
+    inside, one outside the mask) between dark halos two pixels wide, so it shows on light
+    and dark, red and green alike.
 
     Args:
         mask: (h, w) bool, the mask at model input resolution.
         colour_index: which of ``OUTLINE_COLOURS`` the line is drawn in.
+        size: (width, height) the outline is shown at; the mask is resampled (nearest)
+            to it first, so lines are 2 screen pixels whatever the model's input size.
     """
     inside = np.asarray(mask, dtype=bool)
+    if size is not None and (size[0], size[1]) != (inside.shape[1], inside.shape[0]):
+        resized = Image.fromarray(inside.astype(np.uint8) * 255).resize(size, Image.NEAREST)
+        inside = np.asarray(resized) >= 128
     line = (inside & _dilate(~inside, 1)) | (~inside & _dilate(inside, 1))
     halo = _dilate(line, 2) & ~line
     canvas = np.where(line, 2, np.where(halo, 1, 0)).astype(np.uint8)

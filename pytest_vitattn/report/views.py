@@ -488,10 +488,12 @@ def record_view(
     judged = _judged_maps(record.get("checks") or [], maps.shape[0], maps.shape[1])
     sheets, grid = grid_view(maps, rollout, prefix_share, judged)
     stack = _grid_stack(maps, rollout)
+    # pytest's text, unless it only repeats a failed check's message (shown with the check).
+    repeated = {f"AssertionError: {c.message}".strip() for c in checks if c.status == "failed"}
     failures = [
         FailureTextView(str(item.get("phase")), str(item.get("outcome")), str(item["message"]))
         for item in record.get("failures") or []
-        if item.get("message")
+        if item.get("message") and str(item["message"]).strip() not in repeated
     ]
     failed_map = next((key for key, verdict in judged.items() if verdict == "failed"), None)
     return RecordView(
@@ -781,11 +783,11 @@ def _overlay_view(
         choices=choices,
         custom_id=f"{group}-cell",
         outline_toggle_id=f"{record_anchor}-outline",
-        outlines=_outlines(record.get("masks") or []),
+        outlines=_outlines(record.get("masks") or [], (width, height)),
     )
 
 
-def _outlines(masks: list[dict[str, Any]]) -> list[OutlineView]:
+def _outlines(masks: list[dict[str, Any]], size: tuple[int, int]) -> list[OutlineView]:
     outlines = []
     for index, mask in enumerate(masks):
         if not mask.get("pixels"):
@@ -795,7 +797,7 @@ def _outlines(masks: list[dict[str, Any]]) -> list[OutlineView]:
         outlines.append(
             OutlineView(
                 mask["label"],
-                heatmaps.data_uri(heatmaps.outline_png(pixels, index)),
+                heatmaps.data_uri(heatmaps.outline_png(pixels, index, size)),
                 "rgb({}, {}, {})".format(*colour),
             )
         )
