@@ -233,3 +233,15 @@ def test_templates_are_found_in_the_package_or_at_the_repository_top():
 def test_templates_use_no_external_resources(name):
     text = (template_dirs()[0] / name).read_text()
     assert "http://" not in text and "https://" not in text and '<link rel="stylesheet"' not in text
+
+
+def test_the_overlay_sprite_has_the_same_pixels_with_the_overlay_opacities():
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 3, 5, 5)).astype(np.float32) ** 4
+    opaque, overlay = heatmaps.sprite_pngs(maps, colour_scale="shared", overlay=True)
+    first, second = decoded(opaque), decoded(overlay)
+    assert (np.asarray(first) == np.asarray(second)).all()
+    assert second.info["transparency"] == heatmaps.overlay_alpha() + bytes([0])
+    rgba = np.asarray(second.convert("RGBA"))
+    alpha = np.frombuffer(heatmaps.overlay_alpha(), np.uint8)
+    assert (rgba[..., 3] == np.append(alpha, 0)[np.asarray(second)]).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -193,8 +194,30 @@ def sprite_pngs(
     opaque = _png_bytes(image)
     if not overlay:
         return opaque, None
-    image.info["transparency"] = overlay_alpha() + bytes([0])
-    return opaque, _png_bytes(image)
+    # Same pixels, other opacities: swap the tRNS chunk instead of compressing again.
+    return opaque, with_transparency(opaque, overlay_alpha() + bytes([0]))
+
+
+def with_transparency(png: bytes, alphas: bytes) -> bytes:
+    """A palette PNG with its tRNS chunk (per-index opacity) replaced by ``alphas``.
+
+    Args:
+        png: a palette PNG as Pillow writes it (PLTE, then optionally tRNS, before IDAT).
+        alphas: one opacity byte per palette index, from index 0.
+    """
+    signature, chunks, position = png[:8], [], 8
+    while position < len(png):
+        length = int.from_bytes(png[position : position + 4], "big")
+        kind = png[position + 4 : position + 8]
+        end = position + 12 + length
+        if kind != b"tRNS":
+            chunks.append(png[position:end])
+        if kind == b"PLTE":
+            body = b"tRNS" + alphas
+            crc = zlib.crc32(body).to_bytes(4, "big")
+            chunks.append(len(alphas).to_bytes(4, "big") + body + crc)
+        position = end
+    return signature + b"".join(chunks)
 
 
 def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:

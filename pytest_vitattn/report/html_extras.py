@@ -78,7 +78,7 @@ def labelled_grid_png(stack: np.ndarray, columns: list[str], scale: int) -> byte
     sprite = Image.open(
         io.BytesIO(heatmaps.sprite_png(stack, scale, gap, opaque_gap=True, colour_scale="shared"))
     ).convert("RGB")
-    canvas = Image.new("RGB", (left + sprite.width, top + sprite.height + bottom), "white")
+    canvas = Image.new("RGB", (left + sprite.width + 24, top + sprite.height + bottom), "white")
     canvas.paste(sprite, (left, top))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
