@@ -10,7 +10,9 @@ and ``--html``; the browser tests open the first report in headless Chromium.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pytest_vitattn.records import anchor, decode_array
 from pytest_vitattn.report.chromium import Chromium, find_chromium
@@ -373,6 +376,15 @@ def test_pytest_html_rows_carry_the_grids_and_a_link_to_the_report(xdist_run):
         ("html", None),
     ]
     assert two[0]["content"].startswith("data:image/png;base64,iVBORw0KGgo")
+    # The grid image is labelled: layer names in a left margin, column names on top and a
+    # colour bar below, around the 6 x 5 maps of 8 x 8 patches (6 pixels a patch, 2 apart).
+    grid = Image.open(io.BytesIO(base64.b64decode(two[0]["content"].split(",", 1)[1])))
+    pixels = np.asarray(grid.convert("L"))
+    maps_w, maps_h = 5 * (8 * 6 + 2) - 2, 6 * (8 * 6 + 2) - 2
+    assert grid.size == (34 + maps_w + 24, 16 + maps_h + 44)
+    assert (pixels[16:, :30] < 80).any()  # "L0".."L5" drawn in the left margin
+    assert (pixels[:14, 34:] < 80).any()  # "h0".."rollout" drawn on top
+    assert "coloured in multiples of uniform attention" in two[1]["content"]
     failing = two[3]["content"]
     record_id = "test_suite.py::test_two_images_one_fails::shape1.png"
     assert "Checks: mass_in_mask " in failing and " FAILED." in failing
