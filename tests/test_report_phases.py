@@ -419,6 +419,8 @@ def test_nothing_overflows_the_viewport(browser, suite_folder, size):
     record = anchor("test_suite.py::test_batch_first_fails::shape0.png")
     browser.evaluate(f"document.getElementById('{record}').scrollIntoView()")
     keep_screenshot(browser, f"failed-record-{size[0]}")
+    browser.evaluate(f"document.querySelector('#{record} .grid-box').scrollIntoView()")
+    keep_screenshot(browser, f"failed-grid-{size[0]}")
     assert browser.evaluate(OVERFLOWING) == []
     page_width = browser.evaluate("document.documentElement.scrollWidth")
     assert page_width <= size[0]
@@ -532,3 +534,41 @@ def test_the_mask_outline_is_visible_on_a_red_object(browser, suite_folder):
     dark = min(near, key=luminance)
     assert contrast(light, red) >= 3 and contrast(dark, red) >= 3
     assert contrast(light, dark) >= 7
+
+
+def stage_pixels(browser, record: str) -> np.ndarray:
+    """(h, w, 3) int screenshot pixels of a record's overlay stage."""
+    browser.evaluate(
+        f"window.scrollTo(0, document.querySelector('#{record} .stage')"
+        ".getBoundingClientRect().top + window.scrollY - 200)"
+    )
+    stage = box(browser, f"#{record} .stage")
+    shot = keep_screenshot(browser, f"stage-{record}")
+    edges = (stage["left"], stage["top"], stage["right"], stage["bottom"])
+    return np.asarray(shot.crop(tuple(round(edge) for edge in edges))).astype(int)
+
+
+def test_the_overlay_leaves_the_image_as_it_is_where_attention_is_not_above_uniform(
+    browser, phases_run, suite_folder
+):
+    from pytest_vitattn.records import decode_array
+
+    record_id = "test_suite.py::test_batch_first_fails::shape0.png"
+    data = next(r for r in phases_run[1]["records"] if r["record_id"] == record_id)
+    shown = decode_array(data["maps"]).astype(np.float32)[-1, 1]  # the failed check's map
+    multiples = shown * shown.size
+    open_report(browser, suite_folder, WIDE)
+    record = anchor(record_id)
+    with_map = stage_pixels(browser, record)  # the failed check's map is shown first
+    browser.evaluate(f"document.getElementById('{record}-overlay-none').click()")
+    image_only = stage_pixels(browser, record)
+    grid_h, grid_w = shown.shape
+    patch_h, patch_w = with_map.shape[0] // grid_h, with_map.shape[1] // grid_w
+    change = (
+        np.abs(with_map - image_only)[: grid_h * patch_h, : grid_w * patch_w]
+        .reshape(grid_h, patch_h, grid_w, patch_w, 3)
+        .mean(axis=(1, 3, 4))
+    )
+    assert (multiples <= 1).sum() >= grid_h * grid_w // 2  # most of the map is below 1x
+    assert change[multiples <= 1].max() < 2  # the image shows through untouched
+    assert (multiples >= 8).any() and change[multiples >= 8].min() > 25  # hot patches stand out

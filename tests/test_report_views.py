@@ -235,13 +235,14 @@ def test_templates_use_no_external_resources(name):
     assert "http://" not in text and "https://" not in text and '<link rel="stylesheet"' not in text
 
 
-def test_the_overlay_sprite_has_the_same_pixels_with_the_overlay_opacities():
-    rng = np.random.default_rng(1)
-    maps = rng.random((2, 3, 5, 5)).astype(np.float32) ** 4
-    opaque, overlay = heatmaps.sprite_pngs(maps, colour_scale="shared", overlay=True)
-    first, second = decoded(opaque), decoded(overlay)
-    assert (np.asarray(first) == np.asarray(second)).all()
-    assert second.info["transparency"] == heatmaps.overlay_alpha() + bytes([0])
-    rgba = np.asarray(second.convert("RGBA"))
-    alpha = np.frombuffer(heatmaps.overlay_alpha(), np.uint8)
-    assert (rgba[..., 3] == np.append(alpha, 0)[np.asarray(second)]).all()
+def test_the_overlay_filter_gives_each_palette_colour_its_opacity():
+    table = np.asarray(heatmaps.opacity_table())
+    luma = heatmaps.luma()
+    # What the page's SVG filter does: alpha = luma, then the table (linear in between).
+    opacity = np.interp(luma, np.linspace(0, 1, len(table)), table)
+    wanted = np.frombuffer(heatmaps.overlay_alpha(), np.uint8) / 255
+    assert np.abs(opacity - wanted).max() < 0.03
+    low, high = heatmaps.SHARED_LOG2_RANGE
+    uniform = round((0 - low) / (high - low) * (heatmaps.LEVELS - 1))
+    # Clear at and below 1x uniform: under one step of an 8-bit alpha channel.
+    assert opacity[: uniform + 1].max() * 255 < 1

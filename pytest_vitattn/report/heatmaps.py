@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -105,6 +104,27 @@ def overlay_alpha(levels: int = LEVELS) -> bytes:
     return (ramp * OVERLAY_MAX_ALPHA * 255).round().astype(np.uint8).tobytes()
 
 
+def luma(colormap: str = SEQUENTIAL) -> np.ndarray:
+    """(LEVELS,) 0.2126 R + 0.7152 G + 0.0722 B of each palette colour (sRGB values, 0..1):
+    what the overlay's SVG filter computes per pixel; rises with the index on viridis."""
+    flat = np.frombuffer(palette(colormap), np.uint8).reshape(-1, 3) / 255.0
+    return flat @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def opacity_table(points: int = 101) -> list[float]:
+    """``feFuncA`` table values: opacity as a function of a pixel's luma, sampled at
+    ``points`` even steps of 0..1, so that each palette colour gets ``overlay_alpha``.
+
+    The overlay shows the shared-scale sprite through an SVG filter (alpha = luma, then this
+    table), instead of a second copy of the sprite with opacities in its palette.
+    """
+    levels = luma()
+    if not (np.diff(levels) > 0).all():
+        raise ValueError(f"{SEQUENTIAL} is not monotonic in luma: the overlay needs it")
+    alpha = np.frombuffer(overlay_alpha(), np.uint8) / 255.0
+    return np.interp(np.linspace(0.0, 1.0, points), levels, alpha).round(4).tolist()
+
+
 def gradient_stops(colormap: str = SEQUENTIAL, stops: int = 9) -> list[str]:
     """CSS colour stops of the colormap, for the colour bars (same palette as the maps)."""
     flat = palette(colormap)
@@ -157,26 +177,6 @@ def sprite_png(
             transparent ones.
         colour_scale: "own" (each map its own min..max) or "shared" (``shared_levels``).
     """
-    return sprite_pngs(maps, scale, gap, opaque_gap, colour_scale)[0]
-
-
-def sprite_pngs(
-    maps: np.ndarray,
-    scale: int = 1,
-    gap: int = 1,
-    opaque_gap: bool = False,
-    colour_scale: str = "own",
-    overlay: bool = False,
-) -> tuple[bytes, bytes | None]:
-    """``sprite_png``, and with ``overlay`` the same pixels with the overlay's opacities
-    (``overlay_alpha``) in the palette, for laying over the image.
-
-    Args:
-        maps: (rows, columns, grid_h, grid_w) float array.
-
-    Returns:
-        (opaque sprite PNG, overlay sprite PNG or None).
-    """
     rows, columns, height, width = maps.shape
     cell_h, cell_w = height * scale + gap, width * scale + gap
     # Palette index LEVELS is the gap colour.
@@ -191,33 +191,7 @@ def sprite_pngs(
     image.putpalette(palette(SEQUENTIAL) + bytes((255, 255, 255)))
     if not opaque_gap:
         image.info["transparency"] = bytes([255] * LEVELS + [0])
-    opaque = _png_bytes(image)
-    if not overlay:
-        return opaque, None
-    # Same pixels, other opacities: swap the tRNS chunk instead of compressing again.
-    return opaque, with_transparency(opaque, overlay_alpha() + bytes([0]))
-
-
-def with_transparency(png: bytes, alphas: bytes) -> bytes:
-    """A palette PNG with its tRNS chunk (per-index opacity) replaced by ``alphas``.
-
-    Args:
-        png: a palette PNG as Pillow writes it (PLTE, then optionally tRNS, before IDAT).
-        alphas: one opacity byte per palette index, from index 0.
-    """
-    signature, chunks, position = png[:8], [], 8
-    while position < len(png):
-        length = int.from_bytes(png[position : position + 4], "big")
-        kind = png[position + 4 : position + 8]
-        end = position + 12 + length
-        if kind != b"tRNS":
-            chunks.append(png[position:end])
-        if kind == b"PLTE":
-            body = b"tRNS" + alphas
-            crc = zlib.crc32(body).to_bytes(4, "big")
-            chunks.append(len(alphas).to_bytes(4, "big") + body + crc)
-        position = end
-    return signature + b"".join(chunks)
+    return _png_bytes(image)
 
 
 def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:

@@ -320,6 +320,7 @@ class ReportView:
     overlay_slots: list[int] = field(default_factory=list)
     colour_bar: str = ""
     shared_ticks: list[tuple[str, str]] = field(default_factory=list)
+    opacity_table: str = ""
 
     @property
     def record_count_text(self) -> str:
@@ -379,6 +380,7 @@ class ReportView:
             overlay_slots=list(range(1, longest + 1)),
             colour_bar=", ".join(heatmaps.gradient_stops()),
             shared_ticks=shared_ticks(),
+            opacity_table=" ".join(f"{value:g}" for value in heatmaps.opacity_table()),
         )
 
 
@@ -513,8 +515,7 @@ def record_view(
         prediction=_prediction_text(record.get("prediction")),
         facts=_facts(record, maps.shape),
         sheet_style=(
-            f"--sprite: url({sheets['shared'].src}); --sprite-own: url({sheets['own'].src}); "
-            f"--sprite-overlay: url({sheets['overlay'].src})"
+            f"--sprite: url({sheets['shared'].src}); --sprite-own: url({sheets['own'].src})"
         ),
         overlay=_overlay_view(
             record, record_anchor, sheets["shared"], stack, rollout is not None, failed_map
@@ -635,12 +636,10 @@ def _grid_stack(maps: np.ndarray, rollout: np.ndarray | None) -> np.ndarray:
 
 
 def _sheets(stack: np.ndarray) -> dict[str, SheetView]:
-    """The record's sprites: "shared" and "own" colour scales for the grid, and "overlay"
-    (the shared scale's pixels with opacity following attention)."""
+    """The record's sprites: "shared" and "own" colour scales. The overlay shows the
+    shared one through the page's opacity filter (``heatmaps.opacity_table``)."""
     rows, columns, grid_h, grid_w = stack.shape
     gap = 1
-    shared, overlay = heatmaps.sprite_pngs(stack, gap=gap, colour_scale="shared", overlay=True)
-    own = heatmaps.sprite_png(stack, gap=gap, colour_scale="own")
     geometry = {
         "width": columns * (grid_w + gap) - gap,
         "height": rows * (grid_h + gap) - gap,
@@ -648,9 +647,11 @@ def _sheets(stack: np.ndarray) -> dict[str, SheetView]:
         "step_y": grid_h + gap,
     }
     return {
-        name: SheetView(src=heatmaps.data_uri(png), **geometry)
-        for name, png in (("shared", shared), ("own", own), ("overlay", overlay))
-        if png is not None
+        scale: SheetView(
+            src=heatmaps.data_uri(heatmaps.sprite_png(stack, gap=gap, colour_scale=scale)),
+            **geometry,
+        )
+        for scale in heatmaps.SCALES
     }
 
 
