@@ -246,3 +246,27 @@ def test_the_overlay_filter_gives_each_palette_colour_its_opacity():
     uniform = round((0 - low) / (high - low) * (heatmaps.LEVELS - 1))
     # Clear at and below 1x uniform: under one step of an 8-bit alpha channel.
     assert opacity[: uniform + 1].max() * 255 < 1
+
+
+def test_a_grid_can_hold_layers_whose_maps_differ_in_size():
+    """Multi-stage models (PiT: 27x27, then 14x14, then 7x7 patches) give one grid whose
+    rows have their own map size; every cell still points at its own map in the sprite."""
+    from pytest_vitattn.report.views import grid_view
+
+    rng = np.random.default_rng(3)
+    layers = [rng.random((2, size, size)).astype(np.float32) for size in (27, 14, 7)]
+    layers = [maps / maps.sum(axis=(-2, -1), keepdims=True) for maps in layers]
+    sheets, grid = grid_view(layers, None, np.zeros((0,), np.float32))
+    sheet = sheets["shared"]
+    sprite = np.asarray(decoded(heatmaps.data_uri_bytes(sheet.src)))
+    assert sheet.tops == [0, 28, 43] and sheet.sizes == [(27, 27), (14, 14), (7, 7)]
+    for row, maps in zip(grid.rows, layers, strict=True):
+        size = maps.shape[-1]
+        zoom = max(1, round(48 / size))
+        # Each row sets its own cell size: about 48 px whatever the layer's map size.
+        assert f"--cell-w: {size * zoom}px" in row.style
+        columns = [*maps, maps.mean(axis=0)]  # heads, then the head mean
+        for cell, values in zip(row.cells, columns, strict=True):
+            x, y = (int(-float(v[:-2])) // zoom for v in cell.position.split(": ")[1].split())
+            window = sprite[y : y + size, x : x + size]
+            assert (window == heatmaps.shared_levels(values)).all()

@@ -194,6 +194,32 @@ def sprite_png(
     return _png_bytes(image)
 
 
+def sprite_rows_png(
+    rows: list[np.ndarray], tops: list[int], size: tuple[int, int], gap: int, colour_scale: str
+) -> bytes:
+    """Maps tiled in rows whose map sizes may differ (e.g. PiT's 27x27, 14x14, 7x7 stages),
+    one pixel per patch, transparent elsewhere.
+
+    Args:
+        rows: per row, a (columns, h, w) float array; h and w may differ between rows.
+        tops: the sprite row where each row of maps starts.
+        size: (width, height) of the sprite.
+        gap: pixels between neighbouring maps in a row.
+        colour_scale: "own" or "shared" (``levels_for``).
+    """
+    width, height = size
+    canvas = np.full((height, width), LEVELS, dtype=np.uint8)
+    for row, top in zip(rows, tops, strict=True):
+        columns, map_h, map_w = row.shape
+        for column in range(columns):
+            left = column * (map_w + gap)
+            canvas[top : top + map_h, left : left + map_w] = levels_for(row[column], colour_scale)
+    image = Image.fromarray(canvas, "P")
+    image.putpalette(palette(SEQUENTIAL) + bytes((255, 255, 255)))
+    image.info["transparency"] = bytes([255] * LEVELS + [0])
+    return _png_bytes(image)
+
+
 def photo_bytes(image: np.ndarray) -> tuple[bytes, str]:
     """The image as the model saw it: JPEG, or PNG for small images when that is smaller.
 
@@ -256,6 +282,11 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     """A ``data:`` URI, so the report needs no files beside it."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def data_uri_bytes(uri: str) -> bytes:
+    """The bytes of a base64 ``data:`` URI (inverse of ``data_uri``)."""
+    return base64.b64decode(uri.split(",", 1)[1])
 
 
 def _palette_png(indices: np.ndarray, colormap: str) -> bytes:

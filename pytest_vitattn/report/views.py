@@ -52,28 +52,46 @@ _CHECK_TITLES = {
 class SheetView:
     """A record's grid maps tiled in one sprite image, one pixel per patch (1 px gaps).
 
+    Rows (layers) may hold maps of different sizes; each row starts at its own top.
+
     Attributes:
         src: data URI of the sprite.
         width, height: sprite size in pixels.
-        step_x, step_y: distance between neighbouring maps in sprite pixels.
+        tops: the sprite row where each layer's maps start.
+        sizes: (h, w) of each layer's maps.
+        gap: pixels between neighbouring maps.
     """
 
     src: str
     width: int
     height: int
-    step_x: int
-    step_y: int
+    tops: list[int]
+    sizes: list[tuple[int, int]]
+    gap: int = 1
 
-    def size_style(self, zoom: int) -> str:
-        """CSS variables that scale the whole sprite by ``zoom`` (an integer, so patches
-        stay equal squares)."""
-        return f"--sheet-w: {self.width * zoom}px; --sheet-h: {self.height * zoom}px"
+    @property
+    def step_x(self) -> int:
+        """Distance between neighbouring maps of the last layer, in sprite pixels."""
+        return self.sizes[-1][1] + self.gap
 
-    def position(self, column: int, row: int, zoom: int) -> str:
+    @property
+    def step_y(self) -> int:
+        return self.sizes[-1][0] + self.gap
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every layer's maps have the same size."""
+        return len(set(self.sizes)) == 1
+
+    def size_style(self, zoom: float) -> str:
+        """CSS variables that scale the whole sprite by ``zoom`` (an integer in the grid, so
+        patches stay equal squares)."""
+        return f"--sheet-w: {self.width * zoom:g}px; --sheet-h: {self.height * zoom:g}px"
+
+    def position(self, column: int, row: int, zoom: float) -> str:
         """The background position that shows map (row, column) at ``zoom``."""
-        return (
-            f"background-position: -{column * self.step_x * zoom}px -{row * self.step_y * zoom}px"
-        )
+        left = column * (self.sizes[row][1] + self.gap) * zoom
+        return f"background-position: -{left:g}px -{self.tops[row] * zoom:g}px"
 
 
 @dataclass
@@ -487,7 +505,7 @@ def record_view(
     outcome = _status_word(record.get("outcome"))
     status = _status_word(record.get("status") or record.get("outcome"))
     checks = [_check_view(check) for check in record.get("checks") or []]
-    judged = _judged_maps(record.get("checks") or [], maps.shape[0], maps.shape[1])
+    judged = _judged_maps(record.get("checks") or [], len(maps), len(maps[0]))
     sheets, grid = grid_view(maps, rollout, prefix_share, judged)
     stack = _grid_stack(maps, rollout)
     # pytest's text, unless it only repeats a failed check's message (shown with the check).
@@ -627,29 +645,46 @@ def _facts(record: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, st
     return facts
 
 
-def _grid_stack(maps: np.ndarray, rollout: np.ndarray | None) -> np.ndarray:
-    """Returns: (layers, heads + 1 [+ 1], grid_h, grid_w): heads, head mean[, rollout]."""
-    columns = [maps, maps.mean(axis=1, keepdims=True)]
-    if rollout is not None:
-        columns.append(rollout[:, None])
-    return np.concatenate(columns, axis=1)
+def _grid_stack(maps: Any, rollout: Any) -> list[np.ndarray]:
+    """The grid's maps, per layer: (heads + 1 [+ 1], h, w): heads, head mean[, rollout].
+
+    Args:
+        maps: (layers, heads, h, w), or a list of (heads, h, w) arrays whose h and w may
+            differ between layers (multi-stage models).
+        rollout: (layers, h, w), a list of (h, w) arrays, or None.
+    """
+    rows = []
+    for layer, layer_maps in enumerate(maps):
+        layer_maps = np.asarray(layer_maps, dtype=np.float32)
+        columns = [layer_maps, layer_maps.mean(axis=0, keepdims=True)]
+        if rollout is not None:
+            columns.append(np.asarray(rollout[layer], dtype=np.float32)[None])
+        rows.append(np.concatenate(columns, axis=0))
+    return rows
 
 
-def _sheets(stack: np.ndarray) -> dict[str, SheetView]:
+def _sheets(stack: list[np.ndarray]) -> dict[str, SheetView]:
     """The record's sprites: "shared" and "own" colour scales. The overlay shows the
     shared one through the page's opacity filter (``heatmaps.opacity_table``)."""
-    rows, columns, grid_h, grid_w = stack.shape
     gap = 1
-    geometry = {
-        "width": columns * (grid_w + gap) - gap,
-        "height": rows * (grid_h + gap) - gap,
-        "step_x": grid_w + gap,
-        "step_y": grid_h + gap,
-    }
+    sizes = [(int(row.shape[1]), int(row.shape[2])) for row in stack]
+    tops = [0]
+    for map_h, _ in sizes[:-1]:
+        tops.append(tops[-1] + map_h + gap)
+    width = max(
+        row.shape[0] * (map_w + gap) - gap for row, (_, map_w) in zip(stack, sizes, strict=True)
+    )
+    height = tops[-1] + sizes[-1][0]
     return {
         scale: SheetView(
-            src=heatmaps.data_uri(heatmaps.sprite_png(stack, gap=gap, colour_scale=scale)),
-            **geometry,
+            src=heatmaps.data_uri(
+                heatmaps.sprite_rows_png(stack, tops, (width, height), gap, scale)
+            ),
+            width=width,
+            height=height,
+            tops=tops,
+            sizes=sizes,
+            gap=gap,
         )
         for scale in heatmaps.SCALES
     }
@@ -692,25 +727,26 @@ def grid_view(
     sheets = _sheets(stack)
     sheet = sheets["shared"]
     has_rollout = rollout is not None
-    layers, columns, grid_h, grid_w = stack.shape
+    layers, columns = len(stack), stack[0].shape[0]
     heads = columns - 1 - int(has_rollout)
-    zoom = _zoom(grid_w, CELL_WIDTH)
     names = [f"head {head}" for head in range(heads)] + ["head mean"]
     if has_rollout:
         names.append("rollout")
     rows = []
     for layer in range(layers):
+        grid_h, grid_w = sheet.sizes[layer]
+        zoom = _zoom(grid_w, CELL_WIDTH)
         cells = []
         for column in range(columns):
             verdict = judged.get((layer, column), "")
-            title = _peak_title(stack[layer, column], f"layer {layer}, {names[column]}")
+            title = _peak_title(stack[layer][column], f"layer {layer}, {names[column]}")
             if verdict:
                 title += f"; a check on this map {verdict}"
             cells.append(
                 CellView(
                     title,
                     sheet.position(column, layer, zoom),
-                    _multiple(stack[layer, column]),
+                    _multiple(stack[layer][column]),
                     verdict,
                 )
             )
@@ -720,24 +756,32 @@ def grid_view(
             if prefix_share.ndim == 2 and prefix_share.shape[0] == layers
             else ""
         )
-        rows.append(GridRow(f"layer {layer}", f"layer {layer}{share}", cells))
+        # Layers with their own map size set their own cell and sprite sizes.
+        row_style = "" if sheet.uniform else _cell_style(sheet, grid_h, grid_w, zoom)
+        rows.append(GridRow(f"layer {layer}", f"layer {layer}{share}", cells, row_style))
     caption = (
         f"CLS attention, {layers} layers x {heads} heads; under each map its peak in "
         "multiples of uniform attention (1x = every patch equal)"
     )
-    style = f"--cell-w: {grid_w * zoom}px; --cell-h: {grid_h * zoom}px; " + sheet.size_style(zoom)
+    grid_h, grid_w = sheet.sizes[-1]
+    style = _cell_style(sheet, grid_h, grid_w, _zoom(grid_w, CELL_WIDTH))
     return sheets, GridView(caption, names, rows, style)
+
+
+def _cell_style(sheet: SheetView, grid_h: int, grid_w: int, zoom: int) -> str:
+    return f"--cell-w: {grid_w * zoom}px; --cell-h: {grid_h * zoom}px; " + sheet.size_style(zoom)
 
 
 def _overlay_view(
     record: dict[str, Any],
     record_anchor: str,
     sheet: SheetView,
-    stack: np.ndarray,
+    stack: list[np.ndarray],
     has_rollout: bool,
     failed_map: tuple[int, int] | None = None,
 ) -> OverlayView:
-    layers, columns, grid_h, grid_w = stack.shape
+    layers, columns = len(stack), stack[0].shape[0]
+    grid_h, grid_w = sheet.sizes[-1]
     heads = columns - 1 - int(has_rollout)
     zoom = _zoom(grid_w, STAGE_WIDTH)
     width, height = grid_w * zoom, grid_h * zoom
@@ -762,7 +806,9 @@ def _overlay_view(
         ]
     group = f"{record_anchor}-overlay"
     choices = [
-        ChoiceView(f"{group}-{index}", label, sheet.position(column, row, zoom), index == 0)
+        ChoiceView(
+            f"{group}-{index}", label, _stage_position(sheet, column, row, width), index == 0
+        )
         for index, (label, column, row) in enumerate(candidates)
     ]
     choices.append(ChoiceView(f"{group}-none", "image only", "", False))
@@ -786,6 +832,16 @@ def _overlay_view(
         outline_toggle_id=f"{record_anchor}-outline",
         outlines=_outlines(record.get("masks") or [], (width, height)),
     )
+
+
+def _stage_position(sheet: SheetView, column: int, row: int, width: int) -> str:
+    """The background of the overlay stage (``width`` pixels wide) that shows map (row,
+    column) filling the stage; a layer whose maps have another size is scaled to fit."""
+    zoom = width / sheet.sizes[row][1]
+    position = sheet.position(column, row, zoom)
+    if sheet.sizes[row] == sheet.sizes[-1]:
+        return position
+    return f"{position}; background-size: {sheet.width * zoom:g}px {sheet.height * zoom:g}px"
 
 
 def _outlines(masks: list[dict[str, Any]], size: tuple[int, int]) -> list[OutlineView]:
