@@ -316,6 +316,12 @@ WIDE, NARROW = (1440, 900), (390, 844)
 
 
 @pytest.fixture(scope="module")
+def report_folder(phases_run, suite_folder) -> Path:
+    """The folder of the serial run, whose report the browser tests open."""
+    return suite_folder
+
+
+@pytest.fixture(scope="module")
 def browser():
     if find_chromium() is None:
         reason = "Chromium not found: apt-get install chromium (or set VITATTN_CHROMIUM)"
@@ -326,7 +332,7 @@ def browser():
         yield chromium
 
 
-def open_report(browser, suite_folder: Path, size: tuple[int, int], fragment: str = "") -> None:
+def open_report(browser, report_folder: Path, size: tuple[int, int], fragment: str = "") -> None:
     width, height = size
     browser.call(
         "Emulation.setDeviceMetricsOverride",
@@ -336,7 +342,7 @@ def open_report(browser, suite_folder: Path, size: tuple[int, int], fragment: st
         mobile=width < 600,
     )
     browser.console_errors.clear()
-    browser.open((suite_folder / "serial" / "report.html").as_uri() + fragment)
+    browser.open((report_folder / "serial" / "report.html").as_uri() + fragment)
 
 
 def keep_screenshot(browser, name: str) -> Image.Image:
@@ -349,8 +355,8 @@ def keep_screenshot(browser, name: str) -> Image.Image:
     return Image.open(io.BytesIO(png)).convert("RGB")
 
 
-def test_the_browser_shows_one_count_per_status_everywhere(browser, phases_run, suite_folder):
-    open_report(browser, suite_folder, WIDE)
+def test_the_browser_shows_one_count_per_status_everywhere(browser, phases_run, report_folder):
+    open_report(browser, report_folder, WIDE)
     shown = browser.evaluate(
         "(() => { const counts = {}; for (const r of document.querySelectorAll('.record')) {"
         "  const s = [...r.classList].find(c => c.startsWith('status-')).slice(7);"
@@ -413,8 +419,8 @@ def box(browser, selector: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1440px", "390px"])
-def test_nothing_overflows_the_viewport(browser, suite_folder, size):
-    open_report(browser, suite_folder, size)
+def test_nothing_overflows_the_viewport(browser, report_folder, size):
+    open_report(browser, report_folder, size)
     keep_screenshot(browser, f"top-{size[0]}")
     record = anchor("test_suite.py::test_batch_first_fails::shape0.png")
     browser.evaluate(f"document.getElementById('{record}').scrollIntoView()")
@@ -426,16 +432,16 @@ def test_nothing_overflows_the_viewport(browser, suite_folder, size):
     assert page_width <= size[0]
 
 
-def test_on_a_laptop_the_grid_sits_beside_the_overlay(browser, suite_folder):
-    open_report(browser, suite_folder, WIDE)
+def test_on_a_laptop_the_grid_sits_beside_the_overlay(browser, report_folder):
+    open_report(browser, report_folder, WIDE)
     record = "#" + anchor("test_suite.py::test_batch_first_fails::shape0.png")
     overlay, grid = box(browser, f"{record} .stage"), box(browser, f"{record} .grid-box")
     assert grid["left"] >= overlay["right"]
     assert grid["top"] < overlay["bottom"]  # side by side, not below
 
 
-def test_on_a_phone_the_bar_is_small_and_the_failures_one_column(browser, suite_folder):
-    open_report(browser, suite_folder, NARROW)
+def test_on_a_phone_the_bar_is_small_and_the_failures_one_column(browser, report_folder):
+    open_report(browser, report_folder, NARROW)
     bar = box(browser, ".filters")
     assert bar["height"] <= 0.08 * NARROW[1], bar
     items = browser.evaluate(
@@ -454,8 +460,8 @@ def test_on_a_phone_the_bar_is_small_and_the_failures_one_column(browser, suite_
     assert scroller[2] == "auto" and scroller[1] <= NARROW[0]
 
 
-def test_each_map_shows_its_peak_and_the_failed_checks_map_stands_out(browser, suite_folder):
-    open_report(browser, suite_folder, WIDE)
+def test_each_map_shows_its_peak_and_the_failed_checks_map_stands_out(browser, report_folder):
+    open_report(browser, report_folder, WIDE)
     record = "#" + anchor("test_suite.py::test_batch_first_fails::shape0.png")
     peaks = browser.evaluate(
         f"[...document.querySelectorAll('{record} .grid .peak')]"
@@ -476,8 +482,8 @@ def test_each_map_shows_its_peak_and_the_failed_checks_map_stands_out(browser, s
     assert first_choice == "failed check: layer 5 head 1"
 
 
-def test_the_colour_scale_is_shared_by_default_and_per_map_on_request(browser, suite_folder):
-    open_report(browser, suite_folder, WIDE)
+def test_the_colour_scale_is_shared_by_default_and_per_map_on_request(browser, report_folder):
+    open_report(browser, report_folder, WIDE)
     record = "#" + anchor("test_suite.py::test_passes::shape1.png")
     sprite = f"getComputedStyle(document.querySelector('{record} .grid .map')).backgroundImage"
     shown = (
@@ -505,8 +511,8 @@ def contrast(first, second) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
-def test_the_mask_outline_is_visible_on_a_red_object(browser, suite_folder):
-    open_report(browser, suite_folder, WIDE)
+def test_the_mask_outline_is_visible_on_a_red_object(browser, report_folder):
+    open_report(browser, report_folder, WIDE)
     record = anchor("test_suite.py::test_red_object::red.png")
     browser.evaluate(f"document.getElementById('{record}-overlay-none').click()")  # image only
     browser.evaluate(
@@ -549,7 +555,7 @@ def stage_pixels(browser, record: str) -> np.ndarray:
 
 
 def test_the_overlay_leaves_the_image_as_it_is_where_attention_is_not_above_uniform(
-    browser, phases_run, suite_folder
+    browser, phases_run, report_folder
 ):
     from pytest_vitattn.records import decode_array
 
@@ -557,7 +563,7 @@ def test_the_overlay_leaves_the_image_as_it_is_where_attention_is_not_above_unif
     data = next(r for r in phases_run[1]["records"] if r["record_id"] == record_id)
     shown = decode_array(data["maps"]).astype(np.float32)[-1, 1]  # the failed check's map
     multiples = shown * shown.size
-    open_report(browser, suite_folder, WIDE)
+    open_report(browser, report_folder, WIDE)
     record = anchor(record_id)
     with_map = stage_pixels(browser, record)  # the failed check's map is shown first
     browser.evaluate(f"document.getElementById('{record}-overlay-none').click()")
