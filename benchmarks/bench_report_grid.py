@@ -20,7 +20,7 @@ import numpy as np
 
 from pytest_vitattn.records import AttentionRecord, MaskRecord, decode_array
 from pytest_vitattn.report.html import environment
-from pytest_vitattn.report.views import grid_view, record_view
+from pytest_vitattn.report.views import grid_view, record_view, shared_ticks
 from pytest_vitattn.synthetic import make_sample
 
 LAYERS, HEADS, GRID, SIZE = 12, 3, 14, 224  # deit_tiny_patch16_224
@@ -86,22 +86,29 @@ def notebook_figure(record: AttentionRecord) -> bytes:
     return buffer.getvalue()
 
 
+# What the record's templates read from the page's view: the colour bar's ticks.
+PAGE = SimpleNamespace(shared_ticks=shared_ticks())
+
+
 def report_grid(data: dict) -> str:
-    """One grid as the report ships it: the sprite (data URI) and the grid table's HTML.
+    """One grid as the report ships it: its sprites (data URIs: shared scale, per-map scale,
+    overlay) and the grid table's HTML with peaks and colour bars.
 
     12 x 3 heads plus a head-mean and a rollout column: 60 maps to the figure's 36.
     """
     maps = decode_array(data["maps"]).astype(np.float32)
     rollout = decode_array(data["rollout"]).astype(np.float32)
-    sheet, grid = grid_view(maps, rollout, np.asarray(data["prefix_share"], np.float32))
-    table = environment().get_template("grid.html").render(record=SimpleNamespace(grid=grid))
-    return sheet.src + table
+    sheets, grid = grid_view(maps, rollout, np.asarray(data["prefix_share"], np.float32))
+    table = (
+        environment().get_template("grid.html").render(record=SimpleNamespace(grid=grid), view=PAGE)
+    )
+    return "".join(sheet.src for sheet in sheets.values()) + table
 
 
 def report_record(data: dict) -> str:
     """The record's whole section: grid, image with overlay choices, mask outline, checks."""
     view = record_view(data, 0, Path("."), Path("."))
-    return environment().get_template("record.html").render(record=view)
+    return environment().get_template("record.html").render(record=view, view=PAGE)
 
 
 def timed(function, *args) -> tuple[float, int]:

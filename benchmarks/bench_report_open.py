@@ -61,8 +61,25 @@ def make_records(count: int) -> list[dict]:
             checks=checks,
             outcome="failed" if failed else "passed",
         )
-        records.append(record.to_dict())
+        data = record.to_dict()
+        data["status"] = record.outcome  # one image a test: the image's status is the test's
+        data["phase"] = "call"
+        if failed:
+            message = f"AssertionError: {checks[0].message}"
+            data["failures"] = [
+                {"phase": "call", "outcome": "failed", "message": message, "where": None}
+            ]
+        records.append(data)
     return records
+
+
+def failures_of(records: list[dict]) -> list[dict]:
+    """The run's failures list (one failing report per failed test), as the session keeps it."""
+    return [
+        {"nodeid": r["nodeid"], "location": r["location"], **r["failures"][0]}
+        for r in records
+        if r["outcome"] == "failed"
+    ]
 
 
 def main() -> int:
@@ -80,6 +97,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         run = RunInfo("pytest (benchmark)", "now", str(folder), installed_versions())
+        run.failures = failures_of(records)
         start = time.perf_counter()
         files = write_report(records, folder / "report.html", run)
         written = time.perf_counter() - start

@@ -42,8 +42,8 @@ class _RunHooks:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, Any, Any]:
         report = yield
-        if call.when == "call":
-            self.session.attach_records(item, report)
+        # Every phase: records made in setup or teardown, and their errors, are kept too.
+        self.session.attach_records(item, report)
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -71,7 +71,8 @@ class _HtmlHooks:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, Any, Any]:
         report = yield
-        if call.when == "call" and item.config.getoption("htmlpath", None):
+        # Records travel on the teardown report (see VitattnSession.attach_records).
+        if call.when == "teardown" and item.config.getoption("htmlpath", None):
             from pytest_vitattn.report.html_extras import attach_extras
 
             attach_extras(report, self.session.report_path, item.config)

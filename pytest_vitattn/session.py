@@ -19,6 +19,13 @@ from pytest_vitattn.models import ModelCache, ModelSpec
 from pytest_vitattn.options import SETTINGS, SETTINGS_BY_KEY, parse_marker_value
 from pytest_vitattn.policy import BaselinePolicy
 from pytest_vitattn.report.tally import OutcomeTally
+from pytest_vitattn.report.verdicts import (
+    FAILING,
+    PHASE_ORDER,
+    image_status,
+    phase_verdict,
+    test_outcome,
+)
 from pytest_vitattn.report.writer import ReportFiles, ReportPathError, check_writable
 from pytest_vitattn.tolerance import Tolerance
 
@@ -55,6 +62,8 @@ class VitattnSession:
         self.records: list[dict[str, Any]] = []
         self.report_path = _report_path(config)
         self.tally = OutcomeTally()
+        # One entry per failing report (failed, error, xpassed), as pytest counts them.
+        self.failures: list[dict[str, Any]] = []
         self.report_files: ReportFiles | None = None
         self.report_error: str | None = None
         self.baseline_policy = _baseline_policy(config, self.run_settings["missing_baselines"])
@@ -120,16 +129,42 @@ class VitattnSession:
         )
 
     def attach_records(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        """Move the test's records onto its report, as plain dicts with the outcome."""
+        """Note what this phase decided; at teardown, move the test's records onto the
+        teardown report as plain dicts with the test's outcome, each image's status, the
+        deciding phase and pytest's failure text.
+
+        Records made in setup, call or teardown all wait for teardown, the one phase that
+        always runs, so an error in setup or teardown is never lost or shown as "passed".
+        """
+        verdicts = item.stash.setdefault(VERDICTS_KEY, [])
+        verdicts.append(phase_verdict(report))
+        if report.when != "teardown":
+            return
+        item.stash[VERDICTS_KEY] = []
         records = item.stash.get(RECORDS_KEY, [])
         if not records:
             return
-        outcome = _outcome(report)
+        outcome, deciding = test_outcome(verdicts)
+        failures = [
+            {key: verdict[key] for key in ("phase", "outcome", "message", "where")}
+            for verdict in verdicts
+            if verdict["outcome"] in (*FAILING, "xfailed", "skipped")
+        ]
+        any_failed_check = any(
+            check.passed is False for record in records for check in record.checks
+        )
         payload = []
-        failed_at = _failed_at(report)
         for record in records:
             record.outcome = outcome
-            payload.append({**record.to_dict(), "failed_at": failed_at})
+            payload.append(
+                {
+                    **record.to_dict(),
+                    "status": image_status(outcome, record.checks, any_failed_check),
+                    "phase": deciding["phase"] if deciding else "call",
+                    "failures": failures,
+                    "failed_at": deciding["where"] if deciding else None,
+                }
+            )
         setattr(report, RECORDS_ATTRIBUTE, payload)
         item.stash[RECORDS_KEY] = []
 
@@ -137,6 +172,16 @@ class VitattnSession:
         """Keep the records a report carries (reports from xdist workers arrive here too)."""
         self.records.extend(getattr(report, RECORDS_ATTRIBUTE, None) or [])
         self.tally.add(report)
+        verdict = phase_verdict(report)
+        if verdict["outcome"] in FAILING:
+            path, line, _ = report.location
+            self.failures.append(
+                {
+                    "nodeid": report.nodeid,
+                    "location": [str(path), None if line is None else int(line) + 1],
+                    **verdict,
+                }
+            )
 
     def write_report(self, exitstatus: int | None = None) -> None:
         """Write the HTML report and results.json, in the process that saw every record."""
@@ -146,6 +191,7 @@ class VitattnSession:
         from pytest_vitattn.report.writer import write_report
 
         run = RunInfo.from_config(self.config, self.tally.as_dict(), exitstatus)
+        run.failures = sorted(self.failures, key=_failure_key)
         try:
             self.report_files = write_report(self.records, self.report_path, run)
         except (OSError, VitAttnError) as error:
@@ -168,10 +214,19 @@ class VitattnSession:
 
         if self.report_path is None:
             return "run pytest with --vitattn-report to see the heatmaps"
-        return f"{self.report_path}#{anchor(record.record_id)}"
+        # Relative to where pytest ran: the link still works in a CI artifact.
+        shown = os.path.relpath(self.report_path, self.config.invocation_params.dir)
+        return f"{Path(shown).as_posix()}#{anchor(record.record_id)}"
 
 
 RECORDS_KEY = pytest.StashKey[list]()
+VERDICTS_KEY = pytest.StashKey[list]()
+
+
+def _failure_key(failure: dict[str, Any]) -> tuple[str, int, str, int]:
+    # Source order, then phase order: the same list in serial and xdist runs.
+    path, line = failure["location"]
+    return str(path), int(line or 0), failure["nodeid"], PHASE_ORDER[failure["phase"]]
 
 
 def _run_settings(config: pytest.Config) -> dict[str, Any]:
@@ -228,15 +283,3 @@ def _query_index(token: str | int, loaded: Any) -> int:
     # The anatomy knows the model's queries: CLS, DeiT's distillation token, registers, the
     # attention-pool query; it refuses models without a CLS-like query with the reason.
     return loaded.anatomy.resolve_query(token, loaded.spec.name)
-
-
-def _failed_at(report: pytest.TestReport) -> list[str | int] | None:
-    # pytest's crash location honours __tracebackhide__: it is the user's failing line.
-    crash = getattr(report.longrepr, "reprcrash", None) if report.failed else None
-    return [str(crash.path), int(crash.lineno)] if crash is not None else None
-
-
-def _outcome(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return "xfailed" if report.skipped else "xpassed"
-    return str(report.outcome)

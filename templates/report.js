@@ -38,18 +38,25 @@
   }
 
   // Any map of the grid can be laid over the image: it becomes the record's "clicked" choice.
+  // The cell's own background, scaled from the cell's width to the stage's: this holds for
+  // layers whose maps have another size than the last layer's, too.
   function showInOverlay(cell) {
     var record = cell.closest(".record");
     var stage = record.querySelector(".stage");
     var custom = record.querySelector(".choice.custom");
     var label = custom.nextElementSibling;
     var layer = stage.querySelector(".layers > :last-child");
-    var zoom = Number(stage.getAttribute("data-zoom"));
-    var steps = stage.getAttribute("data-steps").split(" ").map(Number);
-    var column = cell.parentElement.cellIndex - 1;
-    var row = cell.parentElement.parentElement.sectionRowIndex;
-    layer.style.backgroundPosition =
-      -column * steps[0] * zoom + "px " + -row * steps[1] * zoom + "px";
+    var style = getComputedStyle(cell);
+    function scaled(value) {
+      return value
+        .split(" ")
+        .map(function (part) {
+          return (parseFloat(part) * stage.clientWidth) / cell.clientWidth + "px";
+        })
+        .join(" ");
+    }
+    layer.style.backgroundPosition = scaled(style.backgroundPosition);
+    layer.style.backgroundSize = scaled(style.backgroundSize);
     custom.hidden = false;
     label.hidden = false;
     label.textContent = cell.title.split(":")[0];

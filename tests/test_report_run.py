@@ -10,7 +10,9 @@ and ``--html``; the browser tests open the first report in headless Chromium.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pytest_vitattn.records import anchor, decode_array
 from pytest_vitattn.report.chromium import Chromium, find_chromium
@@ -98,7 +101,16 @@ RECORDS_PER_TEST = {
     "test_only_reads_the_maps": 1,
     "test_baseline": 1,
 }
-RANK = {"failed": 0, "error": 1, "xpassed": 2, "xfailed": 3, "skipped": 4, "passed": 5}
+RANK = {
+    "failed": 0,
+    "error": 1,
+    "xpassed": 2,
+    "not-judged": 3,
+    "not judged": 3,
+    "xfailed": 4,
+    "skipped": 5,
+    "passed": 6,
+}
 
 
 def save_sharp_weights(path: Path, seed: int) -> Path:
@@ -224,13 +236,16 @@ def test_every_probed_image_is_one_record_with_its_outcome(suite_run):
     assert per_test == RECORDS_PER_TEST
     outcomes = {record["record_id"]: record["outcome"] for record in records}
     assert outcomes["test_suite.py::test_two_images_one_fails::shape1.png"] == "failed"
+    statuses = {record["record_id"]: record["status"] for record in records}
+    assert statuses["test_suite.py::test_two_images_one_fails::shape1.png"] == "failed"
+    assert statuses["test_suite.py::test_two_images_one_fails::shape0.png"] == "passed"
     assert outcomes["test_suite.py::test_expected_to_fail::shape0.png"] == "xfailed"
     assert outcomes["test_suite.py::test_looks_at_the_shape::shape0.png"] == "passed"
     assert len(set(outcomes)) == len(records)
 
 
 def test_records_are_listed_failures_first(suite_run):
-    ranks = [RANK[record["outcome"]] for record in suite_run.results["records"]]
+    ranks = [RANK[record["status"]] for record in suite_run.results["records"]]
     assert ranks == sorted(ranks)
     assert ranks[0] == RANK["failed"]
 
@@ -271,7 +286,9 @@ def test_every_record_has_the_anchor_failure_messages_link_to(suite_run):
         assert suite_run.html.count(f'id="{anchor(record["record_id"])}"') == 1
     # The failing check's message names the report and its record's anchor.
     failing = next(r for r in suite_run.results["records"] if r["record_id"].endswith("shape1.png"))
-    assert f"{suite_run.report}#{anchor(failing['record_id'])}" in suite_run.result.stdout
+    # Relative to where pytest ran, so the link also works in a CI artifact.
+    assert f"heatmap: out/attention.html#{anchor(failing['record_id'])}" in suite_run.result.stdout
+    assert str(suite_run.report) + "#" not in suite_run.result.stdout
 
 
 def test_the_terminal_summary_says_where_the_report_is(suite_run):
@@ -286,7 +303,8 @@ def test_the_page_is_self_contained(suite_run):
     assert sources
     assert all(s.startswith(("data:", "#", "../test_suite.py")) for s in sources), sources
     urls = re.findall(r"url\(([^)]*)\)", suite_run.html)
-    assert urls and all(url.startswith("data:image/png;base64,") for url in urls)
+    # Images as data URIs; "#attention-opacity" is the overlay's filter, in the page itself.
+    assert urls and all(url.startswith(("data:image/png;base64,", "#")) for url in urls)
     assert "http://" not in suite_run.html and "https://" not in suite_run.html
 
 
@@ -359,6 +377,15 @@ def test_pytest_html_rows_carry_the_grids_and_a_link_to_the_report(xdist_run):
         ("html", None),
     ]
     assert two[0]["content"].startswith("data:image/png;base64,iVBORw0KGgo")
+    # The grid image is labelled: layer names in a left margin, column names on top and a
+    # colour bar below, around the 6 x 5 maps of 8 x 8 patches (6 pixels a patch, 2 apart).
+    grid = Image.open(io.BytesIO(base64.b64decode(two[0]["content"].split(",", 1)[1])))
+    pixels = np.asarray(grid.convert("L"))
+    maps_w, maps_h = 5 * (8 * 6 + 2) - 2, 6 * (8 * 6 + 2) - 2
+    assert grid.size == (34 + maps_w + 24, 16 + maps_h + 44)
+    assert (pixels[16:, :30] < 80).any()  # "L0".."L5" drawn in the left margin
+    assert (pixels[:14, 34:] < 80).any()  # "h0".."rollout" drawn on top
+    assert "coloured in multiples of uniform attention" in two[1]["content"]
     failing = two[3]["content"]
     record_id = "test_suite.py::test_two_images_one_fails::shape1.png"
     assert "Checks: mass_in_mask " in failing and " FAILED." in failing
@@ -428,9 +455,10 @@ def test_the_status_filter_works_from_the_keyboard(page):
     page.press(" ", "Space", " ")
     statuses = visible_statuses(page)
     assert "passed" not in statuses
-    assert statuses.count("failed") == 3  # two failed records of one test, and the baseline
+    # The image whose check failed (not its passing neighbour), and the baseline's.
+    assert statuses.count("failed") == 2
     shown = page.evaluate("document.getElementById('shown-count').textContent")
-    assert shown == "4 of 8 records shown"
+    assert shown == "3 of 8 records shown"
 
 
 def test_the_name_filter_keeps_matching_tests(page):

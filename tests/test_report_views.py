@@ -61,14 +61,71 @@ def test_the_sprite_holds_each_map_where_its_cell_points():
     assert (sprite[4, :] == heatmaps.LEVELS).all()
 
 
-def test_a_mask_outline_is_its_boundary_and_transparent_elsewhere():
-    mask = np.zeros((10, 10), bool)
-    mask[2:7, 3:9] = True
-    image = decoded(heatmaps.outline_png(mask)).convert("RGBA")
-    drawn = np.asarray(image)[..., 3] > 0
-    interior = np.zeros_like(mask)
-    interior[3:6, 4:8] = True
-    assert (drawn == (mask & ~interior)).all()
+def test_a_mask_outline_is_a_light_line_between_dark_halos_and_clear_elsewhere():
+    mask = np.zeros((20, 20), bool)
+    mask[6:14, 5:15] = True
+    rgba = np.asarray(decoded(heatmaps.outline_png(mask)).convert("RGBA")).astype(int)
+    # The line is two pixels wide on the boundary: the mask's edge row and the row outside.
+    line = (rgba[..., :3] == heatmaps.OUTLINE_COLOURS[0]).all(-1) & (rgba[..., 3] == 255)
+    halo = (rgba[..., :3] == 0).all(-1) & (rgba[..., 3] == heatmaps.HALO[3])
+    assert line[6, 5:15].all() and line[5, 6:14].all() and not line[7, 7:13].any()
+    assert halo[4, 6:14].all() and halo[3, 6:14].all()  # two halo pixels outside
+    assert halo[7, 7:13].all() and halo[8, 7:13].all()  # and two inside
+    assert not halo[10, 8:12].any() and (rgba[10, 8:12, 3] == 0).all()  # the inside is clear
+    assert (rgba[0, :, 3] == 0).all()  # and so is the far outside
+
+
+def contrast(first, second) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (0..255)."""
+
+    def luminance(colour):
+        channels = np.asarray(colour[:3], float) / 255
+        linear = np.where(
+            channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4
+        )
+        return float(linear @ [0.2126, 0.7152, 0.0722])
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize(
+    "background", [(255, 0, 0), (0, 0, 0), (255, 255, 255), (0, 128, 0), (128, 128, 128)]
+)
+def test_every_outline_colour_or_its_halo_stands_out_on_any_background(background):
+    halo_alpha = heatmaps.HALO[3] / 255
+    halo = [round(halo_alpha * 0 + (1 - halo_alpha) * c) for c in background]
+    for colour in heatmaps.OUTLINE_COLOURS:
+        assert contrast(colour, halo) >= 7  # the line on its own halo: always legible
+        assert max(contrast(colour, background), contrast(halo, background)) >= 3
+
+
+def test_the_shared_scale_is_in_multiples_of_uniform_attention():
+    uniform = np.full((14, 14), 1 / 196, np.float32)
+    peaked = np.full((14, 14), 0.0, np.float32)
+    peaked[3, 4] = 1.0
+    low, high = heatmaps.SHARED_LOG2_RANGE
+    one_x = round((0 - low) / (high - low) * (heatmaps.LEVELS - 1))
+    assert np.unique(heatmaps.shared_levels(uniform)).tolist() == [one_x]
+    levels = heatmaps.shared_levels(peaked)
+    assert levels[3, 4] == heatmaps.LEVELS - 1 and levels[0, 0] == 0
+    # Per-map scaling makes the near-uniform head of the issue look as vivid as a peak;
+    # the shared scale keeps it within 1/2x..2x of uniform (the middle of the bar).
+    near = np.random.default_rng(0).uniform(0.0098, 0.0177, (8, 8)).astype(np.float32)
+    near /= near.sum()
+    own, shared = heatmaps.levels_for(near, "own"), heatmaps.levels_for(near, "shared")
+    assert own.min() == 0 and own.max() == heatmaps.LEVELS - 1
+    half, double = (round((p - low) / (high - low) * (heatmaps.LEVELS - 1)) for p in (-1, 1))
+    assert half <= shared.min() and shared.max() <= double
+
+
+def test_the_overlay_is_clear_at_uniform_and_opaque_where_attention_piles_up():
+    alpha = np.frombuffer(heatmaps.overlay_alpha(), np.uint8)
+    low, high = heatmaps.SHARED_LOG2_RANGE
+    index = lambda log2: round((log2 - low) / (high - low) * (heatmaps.LEVELS - 1))  # noqa: E731
+    assert alpha[: index(0) + 1].max() == 0
+    assert alpha[index(3)] == round(255 * heatmaps.OVERLAY_MAX_ALPHA) == alpha[-1]
+    assert (np.diff(alpha.astype(int)) >= 0).all()
 
 
 def test_small_photos_use_the_smaller_of_png_and_jpeg_large_ones_jpeg():
@@ -176,3 +233,40 @@ def test_templates_are_found_in_the_package_or_at_the_repository_top():
 def test_templates_use_no_external_resources(name):
     text = (template_dirs()[0] / name).read_text()
     assert "http://" not in text and "https://" not in text and '<link rel="stylesheet"' not in text
+
+
+def test_the_overlay_filter_gives_each_palette_colour_its_opacity():
+    table = np.asarray(heatmaps.opacity_table())
+    luma = heatmaps.luma()
+    # What the page's SVG filter does: alpha = luma, then the table (linear in between).
+    opacity = np.interp(luma, np.linspace(0, 1, len(table)), table)
+    wanted = np.frombuffer(heatmaps.overlay_alpha(), np.uint8) / 255
+    assert np.abs(opacity - wanted).max() < 0.03
+    low, high = heatmaps.SHARED_LOG2_RANGE
+    uniform = round((0 - low) / (high - low) * (heatmaps.LEVELS - 1))
+    # Clear at and below 1x uniform: under one step of an 8-bit alpha channel.
+    assert opacity[: uniform + 1].max() * 255 < 1
+
+
+def test_a_grid_can_hold_layers_whose_maps_differ_in_size():
+    """Multi-stage models (PiT: 27x27, then 14x14, then 7x7 patches) give one grid whose
+    rows have their own map size; every cell still points at its own map in the sprite."""
+    from pytest_vitattn.report.views import grid_view
+
+    rng = np.random.default_rng(3)
+    layers = [rng.random((2, size, size)).astype(np.float32) for size in (27, 14, 7)]
+    layers = [maps / maps.sum(axis=(-2, -1), keepdims=True) for maps in layers]
+    sheets, grid = grid_view(layers, None, np.zeros((0,), np.float32))
+    sheet = sheets["shared"]
+    sprite = np.asarray(decoded(heatmaps.data_uri_bytes(sheet.src)))
+    assert sheet.tops == [0, 28, 43] and sheet.sizes == [(27, 27), (14, 14), (7, 7)]
+    for row, maps in zip(grid.rows, layers, strict=True):
+        size = maps.shape[-1]
+        zoom = max(1, round(48 / size))
+        # Each row sets its own cell size: about 48 px whatever the layer's map size.
+        assert f"--cell-w: {size * zoom}px" in row.style
+        columns = [*maps, maps.mean(axis=0)]  # heads, then the head mean
+        for cell, values in zip(row.cells, columns, strict=True):
+            x, y = (int(-float(v[:-2])) // zoom for v in cell.position.split(": ")[1].split())
+            window = sprite[y : y + size, x : x + size]
+            assert (window == heatmaps.shared_levels(values)).all()

@@ -7,6 +7,7 @@ opening the vitattn report. Used only when pytest-html is installed and ``--html
 from __future__ import annotations
 
 import base64
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,7 @@ def attach_extras(report: Any, report_path: Path | None, config: Any) -> None:
     html_report = Path(str(config.getoption("htmlpath"))).resolve()
     added = []
     for record in records:
-        sprite = heatmaps.sprite_png(
-            grid_stack(record), scale=_scale(record), gap=2, opaque_gap=True
-        )
+        sprite = labelled_grid_png(grid_stack(record), column_names(record), _scale(record))
         added.append(
             extras.png(
                 base64.b64encode(sprite).decode("ascii"),
@@ -53,6 +52,57 @@ def grid_stack(record: dict[str, Any]) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
+def column_names(record: dict[str, Any]) -> list[str]:
+    """Column headings of the grid: "h0", "h1", ..., "mean"[, "rollout"]."""
+    heads = int(record["maps"]["shape"][1])
+    return (
+        [f"h{head}" for head in range(heads)]
+        + ["mean"]
+        + (["rollout"] if record.get("rollout") else [])
+    )
+
+
+def labelled_grid_png(stack: np.ndarray, columns: list[str], scale: int) -> bytes:
+    """The grid on the shared colour scale, with layer labels on the left, column headings
+    on top and a colour bar with its ticks below, all drawn into one PNG.
+
+    Args:
+        stack: (layers, columns, grid_h, grid_w) maps (``grid_stack``).
+        columns: one heading per column.
+        scale: pixels per patch.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    layers, _, grid_h, grid_w = stack.shape
+    gap, left, top, bottom = 2, 34, 16, 44
+    sprite = Image.open(
+        io.BytesIO(heatmaps.sprite_png(stack, scale, gap, opaque_gap=True, colour_scale="shared"))
+    ).convert("RGB")
+    canvas = Image.new("RGB", (left + sprite.width + 24, top + sprite.height + bottom), "white")
+    canvas.paste(sprite, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    cell_w, cell_h = grid_w * scale + gap, grid_h * scale + gap
+    for column, name in enumerate(columns):
+        draw.text((left + column * cell_w + 1, 2), name[: max(2, cell_w // 6)], "black", font)
+    for layer in range(layers):
+        draw.text((2, top + layer * cell_h + cell_h // 2 - 6), f"L{layer}", "black", font)
+    # The colour bar: the palette left to right, ticks in multiples of uniform attention.
+    bar_top, bar_width = top + sprite.height + 6, min(sprite.width, 240)
+    flat = heatmaps.palette(heatmaps.SEQUENTIAL)
+    for x in range(bar_width):
+        index = 3 * round(x / max(1, bar_width - 1) * (heatmaps.LEVELS - 1))
+        draw.line([(left + x, bar_top), (left + x, bar_top + 8)], tuple(flat[index : index + 3]))
+    for multiple, label in ((0.125, "1/8x"), (1, "1x"), (8, "8x"), (32, ">=32x")):
+        x = left + round(heatmaps.shared_position(multiple) * (bar_width - 1))
+        draw.line([(x, bar_top + 8), (x, bar_top + 11)], "black")
+        draw.text((max(0, x - 10), bar_top + 12), label, "black", font)
+    draw.text((2, bar_top + 26), "x uniform attention (log)", "black", font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def summary_html(record: dict[str, Any], report_path: Path | None, html_dir: Path) -> Markup:
     """One escaped paragraph: what the grid shows, the checks, and a link to the report."""
     columns = "heads, head mean" + (", rollout" if record.get("rollout") else "")
@@ -63,7 +113,8 @@ def summary_html(record: dict[str, Any], report_path: Path | None, html_dir: Pat
     ]
     text = escape(
         f"{record['image_label']} on {record['model'].get('name')}: layers (rows) x "
-        f"{columns} (columns). Checks: {'; '.join(checks) or 'none'}."
+        f"{columns} (columns), coloured in multiples of uniform attention (1x = every "
+        f"patch equal). Checks: {'; '.join(checks) or 'none'}."
     )
     if report_path is None:
         return Markup("<p>{}</p>").format(text)

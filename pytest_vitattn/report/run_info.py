@@ -27,6 +27,9 @@ class RunInfo:
         versions: package name -> version ("python" included), "not installed" if missing.
         outcomes: test outcome -> count, e.g. {"failed": 1, "passed": 3}.
         exitstatus: pytest's exit status, or None when the run had not finished.
+        failures: one dict per failing pytest report (failed, error, xpassed), as pytest
+            counts them: {"nodeid", "location": [path, line], "phase", "outcome",
+            "message", "where"}; see ``verdicts.phase_verdict``.
     """
 
     command: str
@@ -35,6 +38,7 @@ class RunInfo:
     versions: dict[str, str]
     outcomes: dict[str, int] = field(default_factory=dict)
     exitstatus: int | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_config(

@@ -21,8 +21,19 @@ from pytest_vitattn.report import heatmaps
 from pytest_vitattn.report.run_info import RunInfo
 from pytest_vitattn.report.tally import OUTCOME_ORDER
 
-# Records are listed in this order: what needs a reviewer first.
-STATUS_RANK = {name: rank for rank, name in enumerate(OUTCOME_ORDER)}
+# Images are listed in this order: what needs a reviewer first.
+IMAGE_STATUS_ORDER = (
+    "failed",
+    "error",
+    "xpassed",
+    "not-judged",
+    "xfailed",
+    "skipped",
+    "passed",
+)
+STATUS_RANK = {name: rank for rank, name in enumerate(IMAGE_STATUS_ORDER)}
+TEST_STATUS_RANK = {name: rank for rank, name in enumerate(OUTCOME_ORDER)}
+STATUS_LABELS = {"not-judged": "not judged"}
 # Target sizes in CSS pixels; the zoom is rounded to an integer number of pixels per patch.
 CELL_WIDTH = 48
 STAGE_WIDTH = 256
@@ -41,36 +52,63 @@ _CHECK_TITLES = {
 class SheetView:
     """A record's grid maps tiled in one sprite image, one pixel per patch (1 px gaps).
 
+    Rows (layers) may hold maps of different sizes; each row starts at its own top.
+
     Attributes:
         src: data URI of the sprite.
         width, height: sprite size in pixels.
-        step_x, step_y: distance between neighbouring maps in sprite pixels.
+        tops: the sprite row where each layer's maps start.
+        sizes: (h, w) of each layer's maps.
+        gap: pixels between neighbouring maps.
     """
 
     src: str
     width: int
     height: int
-    step_x: int
-    step_y: int
+    tops: list[int]
+    sizes: list[tuple[int, int]]
+    gap: int = 1
 
-    def size_style(self, zoom: int) -> str:
-        """CSS variables that scale the whole sprite by ``zoom`` (an integer, so patches
-        stay equal squares)."""
-        return f"--sheet-w: {self.width * zoom}px; --sheet-h: {self.height * zoom}px"
+    @property
+    def step_x(self) -> int:
+        """Distance between neighbouring maps of the last layer, in sprite pixels."""
+        return self.sizes[-1][1] + self.gap
 
-    def position(self, column: int, row: int, zoom: int) -> str:
+    @property
+    def step_y(self) -> int:
+        return self.sizes[-1][0] + self.gap
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every layer's maps have the same size."""
+        return len(set(self.sizes)) == 1
+
+    def size_style(self, zoom: float) -> str:
+        """CSS variables that scale the whole sprite by ``zoom`` (an integer in the grid, so
+        patches stay equal squares)."""
+        return f"--sheet-w: {self.width * zoom:g}px; --sheet-h: {self.height * zoom:g}px"
+
+    def position(self, column: int, row: int, zoom: float) -> str:
         """The background position that shows map (row, column) at ``zoom``."""
-        return (
-            f"background-position: -{column * self.step_x * zoom}px -{row * self.step_y * zoom}px"
-        )
+        left = column * (self.sizes[row][1] + self.gap) * zoom
+        return f"background-position: -{left:g}px -{self.tops[row] * zoom:g}px"
 
 
 @dataclass
 class CellView:
-    """One map of the grid: a window onto the record's sprite."""
+    """One map of the grid: a window onto the record's sprite.
+
+    Attributes:
+        peak: the map's largest value in multiples of uniform attention, e.g. "4.2x",
+            shown under the map (no hover needed).
+        judged: "failed" when a failed check used this map, "passed" when only passing
+            checks did, "" otherwise.
+    """
 
     title: str
     position: str
+    peak: str = ""
+    judged: str = ""
 
 
 @dataclass
@@ -86,9 +124,13 @@ class ImageCellView:
 
 @dataclass
 class GridRow:
+    """One layer. ``style`` sets the row's own cell and sprite sizes (CSS variables), so
+    rows whose layers have different grid sizes can share one grid."""
+
     label: str
     title: str
     cells: list[CellView]
+    style: str = ""
 
 
 @dataclass
@@ -165,6 +207,19 @@ class CheckView:
     details: str
     message: str
 
+    @property
+    def first_line(self) -> str:
+        return self.message.split("\n", 1)[0]
+
+
+@dataclass
+class FailureTextView:
+    """pytest's own text for one failing, skipped or xfailed phase of the test."""
+
+    phase: str
+    outcome: str
+    message: str
+
 
 @dataclass
 class BaselineRow:
@@ -200,6 +255,10 @@ class RecordView:
     nodeid: str
     image_label: str
     status: str
+    outcome: str
+    phase: str
+    verdict: str
+    failures: list[FailureTextView]
     model_label: str
     model_class: str
     location: LinkView | None
@@ -215,6 +274,33 @@ class RecordView:
     @property
     def css_class(self) -> str:
         return f"status-{self.status} {self.model_class}"
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS.get(self.status, self.status)
+
+
+@dataclass
+class FailedImageView:
+    """One image under a failure: why it failed, with value, threshold and message."""
+
+    text: str
+    href: str
+    reasons: list[str]
+
+
+@dataclass
+class FailureView:
+    """One failing pytest report (failed, error or xpassed), as pytest counts them."""
+
+    nodeid: str
+    outcome: str
+    phase: str
+    where: str
+    first_line: str
+    href: str
+    images: list[FailedImageView]
+    not_judged: int
 
 
 @dataclass
@@ -246,9 +332,13 @@ class ReportView:
     versions: list[tuple[str, str]]
     status_filters: list[FilterOption]
     model_filters: list[FilterOption]
-    failures: list[LinkView]
+    failures: list[FailureView]
     records: list[RecordView]
+    image_counts: list[tuple[str, str, int]] = field(default_factory=list)
     overlay_slots: list[int] = field(default_factory=list)
+    colour_bar: str = ""
+    shared_ticks: list[tuple[str, str]] = field(default_factory=list)
+    opacity_table: str = ""
 
     @property
     def record_count_text(self) -> str:
@@ -270,6 +360,7 @@ class ReportView:
             for record in ordered
         ]
         statuses = Counter(view.status for view in views)
+        ordered_statuses = sorted(statuses.items(), key=lambda item: _rank(item[0]))
         model_counts = Counter(_model_key(record) for record in ordered)
         # One more slot than choices: the radio JavaScript uses for a clicked grid map.
         longest = max((len(view.overlay.choices) + 1 for view in views), default=0)
@@ -281,8 +372,13 @@ class ReportView:
             models=[ModelView(*key, records=model_counts[key]) for key in model_keys],
             versions=list(run.versions.items()),
             status_filters=[
-                FilterOption(f"filter-status-{status}", status, count, f"status-{status}")
-                for status, count in sorted(statuses.items(), key=lambda item: _rank(item[0]))
+                FilterOption(
+                    f"filter-status-{status}",
+                    STATUS_LABELS.get(status, status),
+                    count,
+                    f"status-{status}",
+                )
+                for status, count in ordered_statuses
             ],
             model_filters=[
                 FilterOption(
@@ -293,14 +389,76 @@ class ReportView:
                 )
                 for key, index in model_keys.items()
             ],
-            failures=[
-                LinkView(f"{view.nodeid} [{view.image_label}]", f"#{view.anchor}")
-                for view in views
-                if view.status in ("failed", "error", "xpassed")
-            ],
+            failures=failure_views(run.failures, views, run.root, report_dir),
             records=views,
+            image_counts=[
+                (status, STATUS_LABELS.get(status, status), count)
+                for status, count in ordered_statuses
+            ],
             overlay_slots=list(range(1, longest + 1)),
+            colour_bar=", ".join(heatmaps.gradient_stops()),
+            shared_ticks=shared_ticks(),
+            opacity_table=" ".join(f"{value:g}" for value in heatmaps.opacity_table()),
         )
+
+
+def shared_ticks() -> list[tuple[str, str]]:
+    """(label, CSS left offset) of the shared colour bar's ticks, e.g. ("1x", "37.5%")."""
+    low, high = heatmaps.SHARED_LOG2_RANGE
+    ticks = []
+    for power in heatmaps.SHARED_TICKS:
+        label = f"{2.0**power:g}x" if power >= 0 else f"1/{2**-power}x"
+        if power == high:
+            label = "≥" + label
+        ticks.append((label, f"{100 * (power - low) / (high - low):g}%"))
+    return ticks
+
+
+def failure_views(
+    failures: list[dict[str, Any]], views: list[RecordView], root: Path, report_dir: Path
+) -> list[FailureView]:
+    """The failures list: one entry per failing pytest report, with the test's images that
+    failed (value, threshold, first message line) and how many no check judged."""
+    by_test: dict[str, list[RecordView]] = {}
+    for view in views:
+        by_test.setdefault(view.nodeid, []).append(view)
+    entries = []
+    for failure in failures:
+        records = by_test.get(failure["nodeid"], [])
+        deciding = [view for view in records if view.phase == failure["phase"]]
+        images = [
+            FailedImageView(view.image_label, f"#{view.anchor}", _reasons(view))
+            for view in deciding
+            if view.status == failure["outcome"] or view.status in ("failed", "error")
+        ]
+        link = _source_link(failure.get("where") or failure.get("location"), root, report_dir)
+        message = str(failure.get("message") or "")
+        entries.append(
+            FailureView(
+                nodeid=failure["nodeid"],
+                outcome=str(failure["outcome"]),
+                phase=str(failure["phase"]),
+                where=link.text if link else "",
+                first_line=message.split("\n", 1)[0],
+                href=f"#{records[0].anchor}" if records else "",
+                images=images,
+                not_judged=sum(1 for view in deciding if view.status == "not-judged"),
+            )
+        )
+    return entries
+
+
+def _reasons(view: RecordView) -> list[str]:
+    reasons = [
+        f"{check.name} {check.value}"
+        + (f" (expected {check.expected})" if check.expected else "")
+        + (f": {check.first_line}" if check.first_line else "")
+        for check in view.checks
+        if check.status == "failed"
+    ]
+    if not reasons and view.verdict:
+        reasons.append(view.verdict)
+    return reasons
 
 
 def sort_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -308,7 +466,8 @@ def sort_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def key(record: dict[str, Any]) -> tuple[int, str, int, str]:
         path, line = record.get("location") or ("", 0)
-        return _rank(record.get("outcome")), str(path), int(line), record["nodeid"]
+        status = record.get("status") or record.get("outcome")
+        return _rank(status), str(path), int(line), record["nodeid"]
 
     return sorted(records, key=key)
 
@@ -343,32 +502,106 @@ def record_view(
     rollout = decode_array(record["rollout"]).astype(np.float32) if record.get("rollout") else None
     prefix_share = np.asarray(record.get("prefix_share") or [], dtype=np.float32)
     model = record.get("model") or {}
-    status = _status_word(record.get("outcome"))
-    sheet, grid = grid_view(maps, rollout, prefix_share)
+    outcome = _status_word(record.get("outcome"))
+    status = _status_word(record.get("status") or record.get("outcome"))
+    checks = [_check_view(check) for check in record.get("checks") or []]
+    judged = _judged_maps(record.get("checks") or [], len(maps), len(maps[0]))
+    sheets, grid = grid_view(maps, rollout, prefix_share, judged)
     stack = _grid_stack(maps, rollout)
+    # pytest's text, unless it only repeats a failed check's message (shown with the check).
+    repeated = {f"AssertionError: {c.message}".strip() for c in checks if c.status == "failed"}
+    failures = [
+        FailureTextView(str(item.get("phase")), str(item.get("outcome")), str(item["message"]))
+        for item in record.get("failures") or []
+        if item.get("message") and str(item["message"]).strip() not in repeated
+    ]
+    failed_map = next((key for key, verdict in judged.items() if verdict == "failed"), None)
     return RecordView(
         anchor=record_anchor,
         record_id=record["record_id"],
         nodeid=record["nodeid"],
         image_label=record["image_label"],
         status=status,
+        outcome=outcome,
+        phase=str(record.get("phase") or "call"),
+        verdict=_verdict(status, outcome, str(record.get("phase") or "call"), checks),
+        failures=failures,
         model_label=f"{model.get('name', '?')} ({model.get('weights', '?')})",
         model_class=f"model-{model_index}",
         location=_source_link(record.get("location"), root, report_dir),
         failed_at=_source_link(record.get("failed_at"), root, report_dir),
         prediction=_prediction_text(record.get("prediction")),
         facts=_facts(record, maps.shape),
-        sheet_style=f"--sprite: url({sheet.src})",
-        overlay=_overlay_view(record, record_anchor, sheet, stack, rollout is not None),
+        sheet_style=(
+            f"--sprite: url({sheets['shared'].src}); --sprite-own: url({sheets['own'].src})"
+        ),
+        overlay=_overlay_view(
+            record, record_anchor, sheets["shared"], stack, rollout is not None, failed_map
+        ),
         grid=grid,
-        checks=[_check_view(check) for check in record.get("checks") or []],
+        checks=checks,
         baseline=_baseline_view(record, maps),
     )
 
 
+def _verdict(status: str, outcome: str, phase: str, checks: list[CheckView]) -> str:
+    """One sentence on why this image has its status, for the record and failures list."""
+    failed = [check for check in checks if check.status == "failed"]
+    if status == "failed" and failed:
+        return ""  # the failed checks say why
+    if status == "failed":
+        return (
+            "the test failed but no vitattn check did (a plain assert or an exception): "
+            "pytest's message is below; it cannot be narrowed to one image"
+        )
+    if status == "not-judged":
+        return "the test failed on another image before any check judged this one"
+    if status == "error":
+        return f"error in {phase}: the test's outcome is not about this image's attention"
+    if outcome == "failed" and status == "passed":
+        return "this image's checks passed; the test failed on another image"
+    return ""
+
+
+# Selections as the checks name them, e.g. "layer 11 of 0..11, head 2",
+# "layer 11 of 0..11, mean of 3 heads", "rollout to layer 11".
+_HEAD_SELECTION = re.compile(r"layer (\d+) of [^,]*, head (\d+)")
+_MEAN_SELECTION = re.compile(r"layer (\d+) of [^,]*, mean of \d+ heads")
+_ROLLOUT_SELECTION = re.compile(r"rollout to layer (\d+)")
+
+
+def selection_cell(selection: str, heads: int) -> tuple[int, int] | None:
+    """(layer, column) of the grid map a check's selection names, or None (e.g. a max over
+    heads, which the grid does not show). Columns: heads, head mean (``heads``), rollout."""
+    if match := _HEAD_SELECTION.fullmatch(selection):
+        return int(match[1]), int(match[2])
+    if match := _MEAN_SELECTION.fullmatch(selection):
+        return int(match[1]), heads
+    if match := _ROLLOUT_SELECTION.fullmatch(selection):
+        return int(match[1]), heads + 1
+    return None
+
+
+def _judged_maps(
+    checks: list[dict[str, Any]], layers: int, heads: int
+) -> dict[tuple[int, int], str]:
+    """(layer, column) -> "failed" or "passed" for the maps checks used; failed wins."""
+    judged: dict[tuple[int, int], str] = {}
+    for check in checks:
+        if check.get("passed") is None:
+            continue
+        cell = selection_cell(str(check.get("selection", "")), heads)
+        if cell is None or not 0 <= cell[0] < layers:
+            continue
+        verdict = "passed" if check["passed"] else "failed"
+        if judged.get(cell) != "failed":
+            judged[cell] = verdict
+    return judged
+
+
 def _status_word(outcome: str | None) -> str:
     # The status becomes a CSS class; anything unexpected is shown as "unknown".
-    return outcome if outcome and re.fullmatch(r"[a-z]+", outcome) else "unknown"
+    return outcome if outcome and re.fullmatch(r"[a-z]+(-[a-z]+)?", outcome) else "unknown"
 
 
 def _source_link(location: Any, root: Path, report_dir: Path) -> LinkView | None:
@@ -412,24 +645,49 @@ def _facts(record: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, st
     return facts
 
 
-def _grid_stack(maps: np.ndarray, rollout: np.ndarray | None) -> np.ndarray:
-    """Returns: (layers, heads + 1 [+ 1], grid_h, grid_w): heads, head mean[, rollout]."""
-    columns = [maps, maps.mean(axis=1, keepdims=True)]
-    if rollout is not None:
-        columns.append(rollout[:, None])
-    return np.concatenate(columns, axis=1)
+def _grid_stack(maps: Any, rollout: Any) -> list[np.ndarray]:
+    """The grid's maps, per layer: (heads + 1 [+ 1], h, w): heads, head mean[, rollout].
+
+    Args:
+        maps: (layers, heads, h, w), or a list of (heads, h, w) arrays whose h and w may
+            differ between layers (multi-stage models).
+        rollout: (layers, h, w), a list of (h, w) arrays, or None.
+    """
+    rows = []
+    for layer, layer_maps in enumerate(maps):
+        layer_maps = np.asarray(layer_maps, dtype=np.float32)
+        columns = [layer_maps, layer_maps.mean(axis=0, keepdims=True)]
+        if rollout is not None:
+            columns.append(np.asarray(rollout[layer], dtype=np.float32)[None])
+        rows.append(np.concatenate(columns, axis=0))
+    return rows
 
 
-def _sheet(stack: np.ndarray) -> SheetView:
-    rows, columns, grid_h, grid_w = stack.shape
+def _sheets(stack: list[np.ndarray]) -> dict[str, SheetView]:
+    """The record's sprites: "shared" and "own" colour scales. The overlay shows the
+    shared one through the page's opacity filter (``heatmaps.opacity_table``)."""
     gap = 1
-    return SheetView(
-        src=heatmaps.data_uri(heatmaps.sprite_png(stack, gap=gap)),
-        width=columns * (grid_w + gap) - gap,
-        height=rows * (grid_h + gap) - gap,
-        step_x=grid_w + gap,
-        step_y=grid_h + gap,
+    sizes = [(int(row.shape[1]), int(row.shape[2])) for row in stack]
+    tops = [0]
+    for map_h, _ in sizes[:-1]:
+        tops.append(tops[-1] + map_h + gap)
+    width = max(
+        row.shape[0] * (map_w + gap) - gap for row, (_, map_w) in zip(stack, sizes, strict=True)
     )
+    height = tops[-1] + sizes[-1][0]
+    return {
+        scale: SheetView(
+            src=heatmaps.data_uri(
+                heatmaps.sprite_rows_png(stack, tops, (width, height), gap, scale)
+            ),
+            width=width,
+            height=height,
+            tops=tops,
+            sizes=sizes,
+            gap=gap,
+        )
+        for scale in heatmaps.SCALES
+    }
 
 
 def _zoom(grid_w: int, target: int) -> int:
@@ -440,61 +698,90 @@ def _peak_title(values: np.ndarray, what: str) -> str:
     row, column = divmod(int(values.argmax()), values.shape[-1])
     return (
         f"{what}: peak {float(values.max()):.4f} at row {row}, col {column} "
-        f"(uniform {1.0 / values.size:.4f})"
+        f"(uniform {1.0 / values.size:.4f}; {_multiple(values)} uniform)"
     )
 
 
+def _multiple(values: np.ndarray) -> str:
+    """The map's peak in multiples of uniform attention: "0.9x", "4.2x", "37x"."""
+    multiple = float(values.max()) * values.size
+    return f"{multiple:.1f}x" if multiple < 10 else f"{multiple:.0f}x"
+
+
 def grid_view(
-    maps: np.ndarray, rollout: np.ndarray | None, prefix_share: np.ndarray
-) -> tuple[SheetView, GridView]:
-    """The grid of one record and the sprite its cells show.
+    maps: np.ndarray,
+    rollout: np.ndarray | None,
+    prefix_share: np.ndarray,
+    judged: dict[tuple[int, int], str] | None = None,
+) -> tuple[dict[str, SheetView], GridView]:
+    """The grid of one record and the sprites its cells show.
 
     Args:
         maps: (layers, heads, grid_h, grid_w) CLS attention.
         rollout: (layers, grid_h, grid_w) rollout after each layer, or None.
         prefix_share: (layers, heads) share of attention on prefix tokens, or empty.
+        judged: (layer, column) -> "failed" | "passed" for maps that checks used.
     """
+    judged = judged or {}
     stack = _grid_stack(maps, rollout)
-    sheet = _sheet(stack)
+    sheets = _sheets(stack)
+    sheet = sheets["shared"]
     has_rollout = rollout is not None
-    layers, columns, grid_h, grid_w = stack.shape
+    layers, columns = len(stack), stack[0].shape[0]
     heads = columns - 1 - int(has_rollout)
-    zoom = _zoom(grid_w, CELL_WIDTH)
     names = [f"head {head}" for head in range(heads)] + ["head mean"]
     if has_rollout:
         names.append("rollout")
     rows = []
     for layer in range(layers):
-        cells = [
-            CellView(
-                _peak_title(stack[layer, column], f"layer {layer}, {names[column]}"),
-                sheet.position(column, layer, zoom),
+        grid_h, grid_w = sheet.sizes[layer]
+        zoom = _zoom(grid_w, CELL_WIDTH)
+        cells = []
+        for column in range(columns):
+            verdict = judged.get((layer, column), "")
+            title = _peak_title(stack[layer][column], f"layer {layer}, {names[column]}")
+            if verdict:
+                title += f"; a check on this map {verdict}"
+            cells.append(
+                CellView(
+                    title,
+                    sheet.position(column, layer, zoom),
+                    _multiple(stack[layer][column]),
+                    verdict,
+                )
             )
-            for column in range(columns)
-        ]
         share = (
             f"; {float(prefix_share[layer].mean()):.1%} of the query's attention went to "
             "prefix tokens (not shown)"
             if prefix_share.ndim == 2 and prefix_share.shape[0] == layers
             else ""
         )
-        rows.append(GridRow(f"layer {layer}", f"layer {layer}{share}", cells))
+        # Layers with their own map size set their own cell and sprite sizes.
+        row_style = "" if sheet.uniform else _cell_style(sheet, grid_h, grid_w, zoom)
+        rows.append(GridRow(f"layer {layer}", f"layer {layer}{share}", cells, row_style))
     caption = (
-        f"CLS attention, {layers} layers x {heads} heads; each map coloured from its own "
-        "minimum to maximum (viridis); hover a map for its numbers"
+        f"CLS attention, {layers} layers x {heads} heads; under each map its peak in "
+        "multiples of uniform attention (1x = every patch equal)"
     )
-    style = f"--cell-w: {grid_w * zoom}px; --cell-h: {grid_h * zoom}px; " + sheet.size_style(zoom)
-    return sheet, GridView(caption, names, rows, style)
+    grid_h, grid_w = sheet.sizes[-1]
+    style = _cell_style(sheet, grid_h, grid_w, _zoom(grid_w, CELL_WIDTH))
+    return sheets, GridView(caption, names, rows, style)
+
+
+def _cell_style(sheet: SheetView, grid_h: int, grid_w: int, zoom: int) -> str:
+    return f"--cell-w: {grid_w * zoom}px; --cell-h: {grid_h * zoom}px; " + sheet.size_style(zoom)
 
 
 def _overlay_view(
     record: dict[str, Any],
     record_anchor: str,
     sheet: SheetView,
-    stack: np.ndarray,
+    stack: list[np.ndarray],
     has_rollout: bool,
+    failed_map: tuple[int, int] | None = None,
 ) -> OverlayView:
-    layers, columns, grid_h, grid_w = stack.shape
+    layers, columns = len(stack), stack[0].shape[0]
+    grid_h, grid_w = sheet.sizes[-1]
     heads = columns - 1 - int(has_rollout)
     zoom = _zoom(grid_w, STAGE_WIDTH)
     width, height = grid_w * zoom, grid_h * zoom
@@ -506,9 +793,22 @@ def _overlay_view(
         candidates.append((f"rollout to layer {last}", heads + 1, last))
     candidates += [(f"layer {last} head {head}", head, last) for head in range(heads)]
     candidates += [(f"layer {layer} mean", mean_column, layer) for layer in range(last)]
+    # A failed check's map is shown first: where the attention went when it failed.
+    if failed_map is not None:
+        layer, column = failed_map
+        names = [f"head {head}" for head in range(heads)] + ["mean", "rollout"]
+        label = f"failed check: layer {layer} {names[column]}"
+        if column == heads + 1:
+            label = f"failed check: rollout to layer {layer}"
+        candidates = [
+            (label, column, layer),
+            *[c for c in candidates if (c[1], c[2]) != (column, layer)],
+        ]
     group = f"{record_anchor}-overlay"
     choices = [
-        ChoiceView(f"{group}-{index}", label, sheet.position(column, row, zoom), index == 0)
+        ChoiceView(
+            f"{group}-{index}", label, _stage_position(sheet, column, row, width), index == 0
+        )
         for index, (label, column, row) in enumerate(candidates)
     ]
     choices.append(ChoiceView(f"{group}-none", "image only", "", False))
@@ -530,11 +830,21 @@ def _overlay_view(
         choices=choices,
         custom_id=f"{group}-cell",
         outline_toggle_id=f"{record_anchor}-outline",
-        outlines=_outlines(record.get("masks") or []),
+        outlines=_outlines(record.get("masks") or [], (width, height)),
     )
 
 
-def _outlines(masks: list[dict[str, Any]]) -> list[OutlineView]:
+def _stage_position(sheet: SheetView, column: int, row: int, width: int) -> str:
+    """The background of the overlay stage (``width`` pixels wide) that shows map (row,
+    column) filling the stage; a layer whose maps have another size is scaled to fit."""
+    zoom = width / sheet.sizes[row][1]
+    position = sheet.position(column, row, zoom)
+    if sheet.sizes[row] == sheet.sizes[-1]:
+        return position
+    return f"{position}; background-size: {sheet.width * zoom:g}px {sheet.height * zoom:g}px"
+
+
+def _outlines(masks: list[dict[str, Any]], size: tuple[int, int]) -> list[OutlineView]:
     outlines = []
     for index, mask in enumerate(masks):
         if not mask.get("pixels"):
@@ -544,7 +854,7 @@ def _outlines(masks: list[dict[str, Any]]) -> list[OutlineView]:
         outlines.append(
             OutlineView(
                 mask["label"],
-                heatmaps.data_uri(heatmaps.outline_png(pixels, index)),
+                heatmaps.data_uri(heatmaps.outline_png(pixels, index, size)),
                 "rgb({}, {}, {})".format(*colour),
             )
         )

@@ -88,11 +88,25 @@ def write_report(records: list[dict[str, Any]], path: Path, run: RunInfo) -> Rep
 
 
 def results_document(records: list[dict[str, Any]], run: RunInfo) -> dict[str, Any]:
-    """The JSON twin: the run summary and every record's numbers, without pixels."""
-    failed = sum(1 for record in records if record.get("outcome") in ("failed", "xpassed"))
+    """The JSON twin: the run summary and every record's numbers, without pixels.
+
+    ``summary.outcomes`` counts tests as pytest does, ``summary.failures`` lists each failing
+    report with pytest's message, and ``summary.images`` counts records by their own status
+    (``verdicts.image_status``): "failed" only where the image's own evidence failed.
+    """
+    statuses: dict[str, int] = {}
+    for record in records:
+        status = str(record.get("status") or record.get("outcome"))
+        statuses[status] = statuses.get(status, 0) + 1
+    failed = sum(statuses.get(name, 0) for name in ("failed", "error", "xpassed"))
     return {
         "schema": JSON_SCHEMA,
-        "summary": {**run.to_dict(), "records": len(records), "failed_records": failed},
+        "summary": {
+            **run.to_dict(),
+            "records": len(records),
+            "failed_records": failed,
+            "images": statuses,
+        },
         "records": [without_pixels(record) for record in records],
     }
 
