@@ -108,7 +108,11 @@ class Expectation:
         try:
             value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
         except metrics.UndefinedMetricError as error:
-            return self._undefined("top_k_iou", str(error), bounds, resolved)
+            undefined = str(error)
+        else:
+            undefined = None
+        if undefined is not None:  # outside the except: no chained traceback
+            return self._undefined("top_k_iou", undefined, bounds, resolved)
         chance = metrics.top_k_chance(resolved.grid, k)
         return self._judge("top_k_iou", value, bounds, resolved, chance)
 
