@@ -162,8 +162,9 @@ class TestBaselines:
             return self._missing(conclude, "missing", shown, record, path, select(current))
 
         stored = _read(path, shown, conclude)
-        self._check_identity(stored, image_key, shown, conclude)
+        # Other pixels first: the most useful thing to say about a renamed or copied file.
         self._check_image(stored, record, shown, conclude)
+        self._check_identity(stored, image_key, shown, conclude)
         _check_comparable(stored, metadata, shown, conclude)
         model_note = self._model_note(stored, metadata)
         record.baseline = _view(stored.maps, shown, "compared", stored.metadata)
