@@ -8,12 +8,14 @@ messages (see ``expect``). Every number computed is added to the image's record.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pytest_vitattn import metrics
 from pytest_vitattn.errors import AttentionValueError, BaselineError, MaskError, user_facing
@@ -182,12 +184,7 @@ class CLSAttention:
             label: id(s) of the object when ``source`` is a label map or palette PNG.
         """
         ids = check_label(label)
-        key = (
-            str(source)
-            if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
-            else id(source),
-            ids,
-        )
+        key = (_mask_key(source), ids)
         if key in self._masks:
             return self._masks[key]
         name = label_of(source, len(self._masks), "mask")
@@ -377,6 +374,25 @@ class AttentionMap:
                 mask=mask.label if mask is not None else None,
             )
         )
+
+
+def _mask_key(source: Any) -> Any:
+    """A cache key for a mask source: its path, or a digest of its values.
+
+    Not ``id()``: a temporary array's id is reused by the next one, which would then get
+    the first one's cached mask.
+    """
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        return ("path", str(source))
+    if isinstance(source, Image.Image):
+        return ("pil", source.mode, source.size, hashlib.sha1(source.tobytes()).hexdigest())
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        array = np.ascontiguousarray(source)
+        digest = hashlib.sha1(array.tobytes()).hexdigest()
+        return ("array", array.dtype.str, array.shape, digest)
+    return ("object", id(source))  # refused by load_mask; never cached
 
 
 def _taker(

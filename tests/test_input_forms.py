@@ -91,3 +91,15 @@ def test_12_bit_data_in_a_16_bit_png_is_refused_not_darkened(tmp_path):
     loaded = load_image(scaled[None])  # (1, h, w): grey, finer levels than 8 bits
     assert loaded.shape == (3, *grey.shape)
     assert np.abs(loaded[0].numpy() * 255 - grey).max() < 0.05  # 12-bit rounding: 0.031
+
+
+def test_temporary_masks_are_never_confused_with_each_other(probe, circle):
+    """Masks were cached by id(), and a freed temporary's id is reused by the next array:
+    the inverted circle then got the circle's cached mask (0.923 instead of 0.077)."""
+    last = probe(IMAGE).layer(-1).mean_heads()
+    on_circle = [last.mass_in(circle.copy()) for _ in range(3)]
+    inverted = [last.mass_in(~circle) for _ in range(3)]
+    as_uint8 = last.mass_in(circle.astype(np.uint8))
+    assert on_circle == [on_circle[0]] * 3 and as_uint8 == on_circle[0]
+    assert inverted == [pytest.approx(1 - on_circle[0], abs=1e-9)] * 3
+    assert round(inverted[0], 3) == 0.077
