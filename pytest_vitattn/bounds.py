@@ -9,6 +9,9 @@ No torch, no pytest here.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +69,10 @@ class Bounds:
             return f">= {self.at_least:.3f}"
         return f"<= {self.at_most:.3f}"
 
-    def details(self) -> dict[str, float | None]:
-        return {"at_least": self.at_least, "at_most": self.at_most}
+    def details(self) -> dict[str, float]:
+        """The bounds that were given, for a check's details."""
+        given = {"at_least": self.at_least, "at_most": self.at_most}
+        return {name: bound for name, bound in given.items() if bound is not None}
 
 
 def dangers(value: float, chance: float, mask_share: float, bounds: Bounds) -> list[str]:
@@ -92,6 +97,15 @@ def dangers(value: float, chance: float, mask_share: float, bounds: Bounds) -> l
             "uniform map would"
         )
     return found
+
+
+def warn(message: str) -> None:
+    """Issue a ``MaskWarning`` attributed to the first caller outside this package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(MaskWarning(message), stacklevel=level)
 
 
 def check_bound(name: str, value: Any) -> None:

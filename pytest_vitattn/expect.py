@@ -8,12 +8,11 @@ threshold, the chance level, the selection, the model and where the heatmap is.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from pytest_vitattn import metrics
 from pytest_vitattn.attention import AttentionMap, ResolvedMask
-from pytest_vitattn.bounds import Bounds, MaskWarning, check_bound, dangers
+from pytest_vitattn.bounds import Bounds, check_bound, dangers, warn
 from pytest_vitattn.errors import BaselineError, user_facing
 from pytest_vitattn.records import CheckResult
 
@@ -190,9 +189,7 @@ class Expectation:
         if found and not self.map.parent.strict_masks:
             where = f"{self.map.parent.image_label}, mask {mask.label}, {self.map.label}"
             for danger in found:
-                warnings.warn(
-                    MaskWarning(f"vitattn: {danger} ({where}; {_STRICT_HINT})"), stacklevel=4
-                )
+                warn(f"vitattn: {danger} ({where}; {_STRICT_HINT})")
             return []
         return found
 

@@ -196,7 +196,9 @@ def test_an_inverted_mask_or_a_pass_below_chance_warns_and_fails_when_strict(pyt
     warned.assert_outcomes(passed=2)
     warned.stdout.fnmatch_lines(
         [
-            "*MaskWarning: vitattn: the mask covers 90% of the image (more than half): any map "
+            # attributed to the user's line, not to pytest-vitattn's code
+            "*test_checks.py:*: MaskWarning: vitattn: the mask covers 90% of the image (more "
+            "than half): any map "
             "puts most of its attention there; is the mask inverted (0 = object)?*",
             "*MaskWarning: vitattn: the value 0.077 passes at_least=0.050 but is below chance "
             "(0.903, 0.09x)*",
