@@ -163,6 +163,11 @@ def test_an_inverted_mask(vitattn):
 
 def test_a_pass_below_chance(vitattn):
     vitattn(IMAGE).expect(layer=-1).mass_in(MARKER, at_least=0.0001)
+
+
+@pytest.mark.vitattn(strict_masks=True)
+def test_strict_by_marker(vitattn):
+    vitattn(IMAGE).expect(layer=-1).pointing_game(np.ones_like(CIRCLE))
 """
 )
 
@@ -293,3 +298,18 @@ def pytest_runtest_logreport(report):
             "E *MaskError: the mask mask[[]0] for image circle_1.png is empty (no pixel set)*",
         ]
     )
+
+
+def test_strict_masks_by_marker_and_a_wrong_value(pytester):
+    pytester.makepyfile(test_checks=CHECKS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-k", "strict_by_marker")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *AssertionError: pointing game hit, but vitattn_strict_masks fails it:",
+            "E *- the mask covers 100% of the image (more than half)*",
+        ]
+    )
+    wrong = pytester.runpytest("--vitattn-strict-masks=maybe")
+    assert wrong.ret != 0
+    wrong.stderr.fnmatch_lines(["*--vitattn-strict-masks: 'maybe' is not true or false*"])
