@@ -158,8 +158,10 @@ class CLSAttention:
 
         Raises:
             AssertionError: maps drifted past the tolerance (worst listed first), or the
-                baseline was missing.
-            BaselineError: the baseline is corrupt or was made under other conditions.
+                baseline was missing (under the plugin: the test goes on, and fails at its
+                end listing every missing baseline, all written in that run).
+            BaselineError: the baseline is corrupt, was made under other conditions, or from
+                other pixels (see ``pytest_vitattn.baseline`` for how files are named).
         """
         __tracebackhide__ = True
         hint = self.report_hint()

@@ -8,7 +8,9 @@ What makes two runs comparable: the grid, layers, heads, token layout and prepro
 must match the baseline's, or the check is an error (the maps would differ for reasons
 other than the model). The model and its weights may differ, since catching a new model
 that looks elsewhere is the point; every message then says so, and ``baseline_model=
-"require-same"`` turns it into an error. Library versions are informational.
+"require-same"`` turns it into an error. Library versions are informational. The image must
+be the baseline's: a baseline whose pixel hash differs from the probed image's is an error,
+never a drift.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ class TestBaselines:
             The drift, arrays shaped (len(layers), H).
 
         Raises:
-            AssertionError: maps drifted past the tolerance, or the baseline was missing.
+            AssertionError: maps drifted past the tolerance, or the baseline was missing
+                (unless ``defer_missing``: then ``finish`` reports it after the test).
             BaselineError: the baseline is corrupt or was made under other conditions.
         """
         __tracebackhide__ = True
