@@ -197,6 +197,13 @@ def test_content_hash_is_of_the_pixels_in_every_form(tmp_path):
         b"rgb8:" + repr(pixels.shape).encode() + b":" + pixels.tobytes()
     ).hexdigest()
     assert expected == independent
+    from PIL.PngImagePlugin import PngInfo
+
+    metadata = PngInfo()
+    metadata.add_text("Software", "another editor")
+    image.save(tmp_path / "resaved.png", pnginfo=metadata, compress_level=1)  # other bytes
+    assert (tmp_path / "resaved.png").read_bytes() != (DATA / "circle_1.png").read_bytes()
+    assert content_hash(load_image(tmp_path / "resaved.png")) == expected
     image.save(tmp_path / "same.jpg", quality=100)  # other bytes, other pixels
     tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
     for form in (image, pixels, tensor, tensor.float() / 255):
