@@ -174,7 +174,9 @@ def test_strict_by_marker(vitattn):
 
 def test_at_most_and_ranges_fail_with_the_rich_message(pytester):
     pytester.makepyfile(test_checks=CHECKS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-k", "marker or range or at_most")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-k", "on_the_marker or a_range or at_most"
+    )
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(
         [
