@@ -19,6 +19,9 @@ _LAZY_NAMES = {
     "load_model": "pytest_vitattn.models",
     "Probe": "pytest_vitattn.probe",
     "extract_cls_attention": "pytest_vitattn.extract",
+    "MaskWarning": "pytest_vitattn.bounds",
+    "soft_mask": "pytest_vitattn.masks",
+    "coco_mask": "pytest_vitattn.masks",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

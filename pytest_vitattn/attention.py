@@ -8,17 +8,20 @@ messages (see ``expect``). Every number computed is added to the image's record.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pytest_vitattn import metrics
 from pytest_vitattn.errors import AttentionValueError, BaselineError, MaskError, user_facing
 from pytest_vitattn.images import label_of, load_mask
 from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, upsample
+from pytest_vitattn.masks import check_label
 from pytest_vitattn.preprocess import Geometry, Preprocessing
 from pytest_vitattn.records import AttentionRecord, CheckResult, MaskRecord
 
@@ -45,6 +48,8 @@ class CLSAttention:
         rollout_maps: (L, grid_h, grid_w) float32 attention rollout after each layer, or None.
         prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens.
         record: the record every check on this image is added to.
+        strict_masks: whether checks fail (instead of warning) when a mask covers more than
+            half of the image or a passing value is below chance.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class CLSAttention:
         record: AttentionRecord,
         report_hint: Callable[[AttentionRecord], str] | None = None,
         baselines: Any = None,
+        strict_masks: bool = False,
     ) -> None:
         self.maps = maps
         self.rollout_maps = rollout_maps
@@ -67,6 +73,7 @@ class CLSAttention:
         self.record = record
         self._report_hint = report_hint
         self._baselines = baselines
+        self.strict_masks = strict_masks
         self._masks: dict[Any, ResolvedMask] = {}
 
     @property
@@ -151,8 +158,10 @@ class CLSAttention:
 
         Raises:
             AssertionError: maps drifted past the tolerance (worst listed first), or the
-                baseline was missing.
-            BaselineError: the baseline is corrupt or was made under other conditions.
+                baseline was missing (under the plugin: the test goes on, and fails at its
+                end listing every missing baseline, all written in that run).
+            BaselineError: the baseline is corrupt, was made under other conditions, or from
+                other pixels (see ``pytest_vitattn.baseline`` for how files are named).
         """
         __tracebackhide__ = True
         hint = self.report_hint()
@@ -168,32 +177,54 @@ class CLSAttention:
         return self._baselines
 
     @user_facing
-    def mask(self, source: Any) -> ResolvedMask:
-        """Bring a mask given in original image space to the patch grid (cached per source)."""
-        key = (
-            str(source)
-            if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
-            else id(source)
-        )
+    def mask(self, source: Any, label: Any = None) -> ResolvedMask:
+        """Bring a mask given in original image space to the patch grid (cached per source).
+
+        Args:
+            source: a path, PIL image, or (height, width) array/tensor; see
+                ``pytest_vitattn.masks`` for how values are read.
+            label: id(s) of the object when ``source`` is a label map or palette PNG.
+        """
+        ids = check_label(label)
+        key = (_mask_key(source), ids)
         if key in self._masks:
             return self._masks[key]
+        name = label_of(source, len(self._masks), "mask")
+        if ids is not None:
+            name += f" (label {ids[0] if len(ids) == 1 else list(ids)})"
         try:
-            array = load_mask(source)
+            array = load_mask(source, ids)
             input_mask = self.preprocessing.mask_to_input(array, self.geometry)
         except MaskError as error:
             raise MaskError(f"{error} (mask for image {self.image_label})") from None
         if not input_mask.any():
-            label = label_of(source, len(self._masks), "mask")
-            raise MaskError(
-                f"the mask {label} for image {self.image_label} is "
-                "empty (no pixel set): attention on an empty region is undefined; check the "
-                "mask file or that it is not inverted"
-            )
+            raise MaskError(self._empty_mask_message(name, array))
         grid = Preprocessing.mask_to_grid(input_mask, self.grid)
-        resolved = ResolvedMask(label_of(source, len(self._masks), "mask"), grid)
+        resolved = ResolvedMask(name, grid)
         self._masks[key] = resolved
         self.record.add_mask(MaskRecord(resolved.label, grid.numpy(), input_mask >= 0.5))
         return resolved
+
+    def _empty_mask_message(self, name: str, array: np.ndarray) -> str:
+        if not array.any():
+            return (
+                f"the mask {name} for image {self.image_label} is empty (no pixel set): "
+                "attention on an empty region is undefined; check the mask file or that it "
+                "is not inverted"
+            )
+        # The mask has pixels, but the centre crop cut all of them away.
+        top, left, height, width = self.geometry.crop
+        (orig_h, orig_w), (res_h, res_w) = self.geometry.original, self.geometry.resized
+        rows = (round(top * orig_h / res_h), round((top + height) * orig_h / res_h))
+        cols = (round(left * orig_w / res_w), round((left + width) * orig_w / res_w))
+        return (
+            f"the mask {name} for image {self.image_label} covers "
+            f"{float(array.mean()):.1%} of the image, but none of it is inside what the model "
+            f"sees: preprocess='{self.preprocessing.mode}' keeps rows {rows[0]}..{rows[1]} and "
+            f"columns {cols[0]}..{cols[1]} of the {orig_w}x{orig_h} image, and the object "
+            "lies outside. The mask file is fine; use preprocess='resize' (the whole image), "
+            "or an image with the object nearer the centre"
+        )
 
     def report_hint(self) -> str:
         """Where this image's heatmaps are shown, for failure messages."""
@@ -273,27 +304,40 @@ class AttentionMap:
         return upsample(self.grid, size or self.parent.preprocessing.input_size)
 
     @user_facing
-    def mass_in(self, mask: Any) -> float:
-        """Share of this map's attention on the mask (Relevance Mass Accuracy)."""
-        resolved = self.parent.mask(mask)
+    def mass_in(self, mask: Any, label: Any = None) -> float:
+        """Share of this map's attention on the mask (Relevance Mass Accuracy).
+
+        ``label=`` picks the object's id(s) in a label map or palette PNG.
+        """
+        resolved = self.parent.mask(mask, label)
         value = metrics.mass_in_mask(self.grid, resolved.grid)
         self._measured("mass_in_mask", value, resolved)
         return value
 
     @user_facing
-    def pointing_game(self, mask: Any) -> bool:
-        """Whether the most attended patch touches the mask."""
-        resolved = self.parent.mask(mask)
+    def pointing_game(self, mask: Any, label: Any = None) -> bool:
+        """Whether the most attended patch touches the mask (``label=``: ids in a label map)."""
+        resolved = self.parent.mask(mask, label)
         hit = metrics.pointing_game(self.grid, resolved.grid)
         self._measured("pointing_game", float(hit), resolved)
         return hit
 
     @user_facing
-    def top_k_iou(self, mask: Any, k: float | None = None) -> float:
-        """IoU of the top ``k`` share of patches with the mask's patches (k=None: mask size)."""
-        resolved = self.parent.mask(mask)
+    def top_k_iou(self, mask: Any, k: int | float | None = None, label: Any = None) -> float:
+        """IoU of the ``k`` most attended patches with the mask's (half-covered) patches.
+
+        Args:
+            mask: the object's mask; ``label=`` picks its id(s) in a label map.
+            k: None (as many patches as the mask's), an int >= 1 (a count of patches), or a
+                float in (0, 1) (a fraction of the patches); ``k=1.0`` and bools are refused.
+
+        Raises:
+            metrics.UndefinedMetricError: no patch is at least half covered by the mask.
+        """
+        resolved = self.parent.mask(mask, label)
         value = metrics.top_k_iou(self.grid, resolved.grid, k)
-        self._measured("top_k_iou", value, resolved)
+        chance = metrics.top_k_chance(resolved.grid, k)
+        self._measured("top_k_iou", value, resolved, chance)
         return value
 
     @user_facing
@@ -315,8 +359,11 @@ class AttentionMap:
 
         return Expectation(self)
 
-    def _measured(self, name: str, value: float, mask: ResolvedMask | None) -> None:
-        chance = metrics.chance_level(mask.grid) if mask is not None else None
+    def _measured(
+        self, name: str, value: float, mask: ResolvedMask | None, chance: float | None = None
+    ) -> None:
+        if chance is None and mask is not None:
+            chance = metrics.chance_level(mask.grid)
         self.parent.record.checks.append(
             CheckResult(
                 name=name,
@@ -329,6 +376,25 @@ class AttentionMap:
                 mask=mask.label if mask is not None else None,
             )
         )
+
+
+def _mask_key(source: Any) -> Any:
+    """A cache key for a mask source: its path, or a digest of its values.
+
+    Not ``id()``: a temporary array's id is reused by the next one, which would then get
+    the first one's cached mask.
+    """
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        return ("path", str(source))
+    if isinstance(source, Image.Image):
+        return ("pil", source.mode, source.size, hashlib.sha1(source.tobytes()).hexdigest())
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        array = np.ascontiguousarray(source)
+        digest = hashlib.sha1(array.tobytes()).hexdigest()
+        return ("array", array.dtype.str, array.shape, digest)
+    return ("object", id(source))  # refused by load_mask; never cached
 
 
 def _taker(

@@ -7,14 +7,19 @@ One file per test and image, ``<dir>/<module>/<test>[<param>]/<image>.safetensor
   ``<module>`` the test file's path from the rootdir (so equal stems don't collide).
 - test classes are folders (``TestBirds/test_wing``); each name keeps ``A-Z a-z 0-9 _ . , =
   + - [ ]``; a name that had other characters, or is longer than 64, is cut and gets 8 hex
-  digits of its SHA-1, so different names never share a file. A second probe of the same
-  image in one test is ``<image>-2``. The file records the test and image it belongs to, and
-  reading it from another test is an error.
+  digits of its SHA-1, so different names never share a file.
+- ``<image>`` is named by what was probed (``image_key``): the file name and 8 hex digits of
+  the SHA-256 of the image's decoded pixels (``images.content_hash``), or ``image-`` and 12
+  hex digits for an image passed in memory. Names do not depend on call order; probing the
+  same pixels twice in a test uses one file. The file records the test, the image key and
+  the full pixel hash; comparing it with another test or other pixels is an error.
 
 A file is safetensors: one float16 tensor ``maps`` (L, H, h, w) of CLS attention, and one
-metadata entry ``vitattn`` holding canonical JSON (model, weights id, preprocessing, token
-layout, extraction method, library versions). A single entry keeps the bytes identical from
-run to run (safetensors orders several entries differently in every process).
+metadata entry ``vitattn`` holding canonical JSON (image hash, model, weights id,
+preprocessing, token layout, extraction method, library versions). Format 2 added the image
+hash; format 1 files (named by call order) must be re-created with the update flag. A single
+entry keeps the bytes identical from run to run (safetensors orders several entries
+differently in every process).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from pytest_vitattn.errors import BaselineError
 from pytest_vitattn.versions import package_versions
 
 FORMAT = "pytest-vitattn-baseline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
 DEFAULT_DIR_NAME = "vitattn_baselines"
 METADATA_KEY = "vitattn"
@@ -95,10 +101,20 @@ class BaselineStore:
         return cls(base.joinpath(*(safe_name(name) for name in test.split("::"))), test, rootpath)
 
     def path_for(self, image_key: str) -> Path:
-        """The file of one probed image; ``image_key`` is its label, "#n" for the n-th probe."""
-        label, _, repeat = image_key.rpartition("#") if "#" in image_key else (image_key, "", "")
-        name = safe_name(label) + (f"-{repeat}" if repeat.isdigit() else "")
-        return self.directory / (name + SUFFIX)
+        """The file of one probed image; ``image_key`` comes from ``image_key``."""
+        return self.directory / (safe_name(image_key) + SUFFIX)
+
+    def others_of(self, image_file: str | None, path: Path) -> list[Path]:
+        """Baseline files of this test for the same file name but not ``path``: other
+        versions of the image, or files named by pytest-vitattn 0.1 (by call order)."""
+        if image_file is None or not self.directory.is_dir():
+            return []
+        stem = safe_name(image_file)
+        return sorted(
+            other
+            for other in self.directory.glob(f"*{SUFFIX}")
+            if other != path and other.name.startswith(stem)
+        )
 
     def shown(self, path: Path) -> str:
         """``path`` relative to the rootdir when inside it, for messages and reports."""
@@ -117,6 +133,18 @@ def safe_name(text: str) -> str:
     return f"{cleaned[: _MAX_NAME - 9]}-{digest}" if cleaned else digest
 
 
+def image_key(image_file: str | None, image_sha256: str) -> str:
+    """The name of an image's baseline within its test, from what was probed.
+
+    ``<file name>-<8 hex digits of the pixels' SHA-256>`` for an image from a file, and
+    ``image-<12 hex digits>`` for one passed in memory (array, tensor, PIL image), so that
+    names do not depend on the order of the images, and two images never share a baseline.
+    """
+    if image_file:
+        return f"{image_file}-{image_sha256[:8]}"
+    return f"image-{image_sha256[:12]}"
+
+
 def stored_values(maps: np.ndarray) -> np.ndarray:
     """``maps`` as a baseline stores them: rounded to float16, returned as float32."""
     return np.asarray(maps, dtype=np.float32).astype(np.float16).astype(np.float32)
@@ -133,6 +161,7 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "test": test,
         "image": image_key,
+        "image_sha256": record.image_sha256,
         "model": {key: record.model.get(key) for key in ("name", "weights", "weights_id")},
         "device": record.model.get("device"),
         "preprocessing": dict(record.preprocessing),
@@ -169,12 +198,17 @@ def encode(maps: np.ndarray, metadata: dict[str, Any]) -> bytes:
 def write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename.
 
-    A reader (or a crashed run) never sees half a file.
+    A reader (or a crashed run) never sees half a file. The file gets the mode of the file
+    it replaces, else 0666 less the umask (0644 under the usual umask 022), like any file a
+    user writes; ``tempfile.mkstemp`` would make it 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
+            if path.exists():
+                os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())

@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_vitattn import metrics
 from pytest_vitattn.attention import AttentionMap, ResolvedMask
+from pytest_vitattn.bounds import Bounds, check_bound, dangers, warn
 from pytest_vitattn.errors import BaselineError, user_facing
 from pytest_vitattn.records import CheckResult
 
@@ -23,6 +24,9 @@ _TITLES = {
 }
 
 
+_MASK_AREA = object()  # _conclude's default chance: the mask's area
+
+
 class Expectation:
     """Checks on one ``AttentionMap``; each returns the measured value when it holds."""
 
@@ -30,31 +34,86 @@ class Expectation:
         self.map = attention_map
 
     @user_facing
-    def mass_in(self, mask: Any, at_least: float) -> float:
-        """The share of attention on ``mask`` is at least ``at_least``."""
+    def mass_in(
+        self,
+        mask: Any,
+        at_least: float | None = None,
+        at_most: float | None = None,
+        *,
+        label: Any = None,
+    ) -> float:
+        """The share of attention on ``mask`` is within the bounds (both inclusive).
+
+        ``at_most=`` states "not on the marker"; both bounds make a range. ``label=`` picks
+        the object's id(s) in a label map or palette PNG.
+        """
         __tracebackhide__ = True
-        _check_bound("at_least", at_least)
-        resolved = self.map.parent.mask(mask)
+        bounds = Bounds.of("mass_in", at_least, at_most)
+        resolved = self.map.parent.mask(mask, label)
         value = metrics.mass_in_mask(self.map.grid, resolved.grid)
-        return self._conclude("mass_in_mask", value, value >= at_least, ">=", at_least, resolved)
+        chance = metrics.chance_level(resolved.grid)
+        return self._judge("mass_in_mask", value, bounds, resolved, chance)
 
     @user_facing
-    def pointing_game(self, mask: Any) -> bool:
-        """The most attended patch touches ``mask``."""
+    def pointing_game(self, mask: Any, *, label: Any = None) -> bool:
+        """The most attended patch touches ``mask`` (``label=``: ids in a label map)."""
         __tracebackhide__ = True
-        resolved = self.map.parent.mask(mask)
+        resolved = self.map.parent.mask(mask, label)
         hit = metrics.pointing_game(self.map.grid, resolved.grid)
-        self._conclude("pointing_game", float(hit), hit, "hit", None, resolved)
+        notes = self._dangers(float(hit), 0.0, resolved, None) if hit else []
+        headline = details = None
+        if notes:
+            headline = "pointing game hit, but vitattn_strict_masks fails it:\n" + "\n".join(
+                f"  - {note}" for note in notes
+            )
+            details = {"strict_masks": notes}
+        holds = hit and not notes
+        self._conclude(
+            "pointing_game",
+            float(hit),
+            holds,
+            "hit",
+            None,
+            resolved,
+            details=details,
+            headline=headline,
+        )
         return hit
 
     @user_facing
-    def top_k_iou(self, mask: Any, at_least: float, k: float | None = None) -> float:
-        """The top ``k`` share of patches overlaps the mask's patches with IoU >= ``at_least``."""
+    def top_k_iou(
+        self,
+        mask: Any,
+        at_least: float | None = None,
+        k: int | float | None = None,
+        *,
+        at_most: float | None = None,
+        label: Any = None,
+    ) -> float:
+        """The ``k`` most attended patches overlap the mask's patches with IoU in the bounds.
+
+        Args:
+            mask: the object's mask; ``label=`` picks its id(s) in a label map.
+            at_least, at_most: inclusive bounds on the IoU (one or both).
+            k: None (as many patches as the mask's), an int >= 1 (a count of patches), or a
+                float in (0, 1) (a fraction of the patches); ``k=1.0`` and bools are refused.
+
+        A mask with no patch at least half covered has no top-k target: the check fails and
+        says so.
+        """
         __tracebackhide__ = True
-        _check_bound("at_least", at_least)
-        resolved = self.map.parent.mask(mask)
-        value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
-        return self._conclude("top_k_iou", value, value >= at_least, ">=", at_least, resolved)
+        bounds = Bounds.of("top_k_iou", at_least, at_most)
+        resolved = self.map.parent.mask(mask, label)
+        try:
+            value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
+        except metrics.UndefinedMetricError as error:
+            undefined = str(error)
+        else:
+            undefined = None
+        if undefined is not None:  # outside the except: no chained traceback
+            return self._undefined("top_k_iou", undefined, bounds, resolved)
+        chance = metrics.top_k_chance(resolved.grid, k)
+        return self._judge("top_k_iou", value, bounds, resolved, chance)
 
     @user_facing
     def concentration(self, at_least: float | None = None, at_most: float | None = None) -> float:
@@ -99,6 +158,58 @@ class Expectation:
             parent.record, self.map.take, self.map.label, tolerance, parent.report_hint()
         )
 
+    def _judge(
+        self, name: str, value: float, bounds: Bounds, mask: ResolvedMask, chance: float
+    ) -> float:
+        """Conclude a bounded mask check; a pass that may mean nothing warns, or fails when
+        strict."""
+        __tracebackhide__ = True
+        holds, op, threshold = bounds.verdict(value)
+        notes = self._dangers(value, chance, mask, bounds) if holds else []
+        headline = None
+        if notes:
+            holds = False
+            headline = (
+                f"{_TITLES[name]} passed its bound ({value:.3f} {op} {threshold:.3f}), but "
+                "vitattn_strict_masks fails it:\n" + "\n".join(f"  - {note}" for note in notes)
+            )
+        details: dict[str, Any] = bounds.details()
+        if notes:
+            details["strict_masks"] = notes
+        return self._conclude(
+            name, value, holds, op, threshold, mask, chance, details=details, headline=headline
+        )
+
+    def _dangers(
+        self, value: float, chance: float, mask: ResolvedMask, bounds: Bounds | None
+    ) -> list[str]:
+        """The dangers of a passing check: warned about and [] returned, or returned (to fail
+        the check) under strict_masks."""
+        found = dangers(value, chance, metrics.chance_level(mask.grid), bounds or _NO_BOUNDS)
+        if found and not self.map.parent.strict_masks:
+            where = f"{self.map.parent.image_label}, mask {mask.label}, {self.map.label}"
+            for danger in found:
+                warn(f"vitattn: {danger} ({where}; {_STRICT_HINT})")
+            return []
+        return found
+
+    def _undefined(self, name: str, reason: str, bounds: Bounds, mask: ResolvedMask) -> float:
+        """A check whose metric has no target fails (not errors), saying why."""
+        __tracebackhide__ = True
+        op, threshold = (
+            (">=", bounds.at_least)
+            if bounds.at_least is not None
+            else (
+                "<=",
+                bounds.at_most,
+            )
+        )
+        headline = f"{_TITLES[name]} is undefined for this mask: {reason}"
+        details = {**bounds.details(), "undefined": reason}
+        return self._conclude(
+            name, 0.0, False, op, threshold, mask, None, details=details, headline=headline
+        )
+
     def _conclude(
         self,
         name: str,
@@ -107,10 +218,25 @@ class Expectation:
         op: str,
         threshold: float | None,
         mask: ResolvedMask | None,
+        chance: float | object | None = _MASK_AREA,
+        *,
+        details: dict[str, Any] | None = None,
+        headline: str | None = None,
     ) -> float:
+        """Record the check; raise AssertionError with the rich message when it fails.
+
+        ``chance`` defaults to the mask's area (None: no chance level); ``headline``
+        replaces the message's first line.
+        """
         __tracebackhide__ = True
-        chance = metrics.chance_level(mask.grid) if mask is not None else None
-        message = "" if holds else self._failure_message(name, value, op, threshold, chance, mask)
+        if chance is _MASK_AREA:
+            chance = metrics.chance_level(mask.grid) if mask is not None else None
+        assert chance is None or isinstance(chance, float)
+        message = (
+            ""
+            if holds
+            else self._failure_message(name, value, op, threshold, chance, mask, headline)
+        )
         self.map.parent.record.checks.append(
             CheckResult(
                 name=name,
@@ -122,6 +248,7 @@ class Expectation:
                 selection=self.map.label,
                 mask=mask.label if mask is not None else None,
                 message=message,
+                details=details or {},
             )
         )
         if not holds:
@@ -136,9 +263,12 @@ class Expectation:
         threshold: float | None,
         chance: float | None,
         mask: ResolvedMask | None,
+        headline: str | None = None,
     ) -> str:
         parent = self.map.parent
-        if op == "hit":
+        if headline is not None:
+            pass
+        elif op == "hit":
             peak = divmod(int(self.map.grid.argmax()), parent.grid[1])
             headline = (
                 f"pointing game missed: the most attended patch (row {peak[0]}, col {peak[1]} "
@@ -149,7 +279,8 @@ class Expectation:
         lines = [headline]
         if chance is not None:
             ratio = f" (the value is {value / chance:.1f}x chance)" if chance > 0 else ""
-            lines.append(f"  chance level (mask area): {chance:.3f}{ratio}")
+            basis = "random patches" if name == "top_k_iou" else "mask area"
+            lines.append(f"  chance level ({basis}): {chance:.3f}{ratio}")
         lines.append(f"  selection: {self.map.label}")
         if mask is not None:
             lines.append(f"  image: {parent.image_label}   mask: {mask.label}")
@@ -163,8 +294,6 @@ class Expectation:
         return "\n".join(lines)
 
 
-def _check_bound(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name}={value!r} must be in [0, 1]")
+_check_bound = check_bound
+_NO_BOUNDS = Bounds(None, None)
+_STRICT_HINT = "vitattn_strict_masks = true turns this warning into a failure"

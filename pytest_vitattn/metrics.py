@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from pytest_vitattn.errors import AttentionValueError, MaskError
@@ -39,30 +40,98 @@ def pointing_game(attention: torch.Tensor, mask: torch.Tensor) -> bool:
     return bool((mask[peak] > 0).any())
 
 
-def top_k_iou(attention: torch.Tensor, mask: torch.Tensor, k: float | None = None) -> float:
+class UndefinedMetricError(MaskError):
+    """The metric has no target for this mask (e.g. top-k IoU without a half-covered patch)."""
+
+
+def top_k_iou(attention: torch.Tensor, mask: torch.Tensor, k: int | float | None = None) -> float:
     """Intersection over union of the most attended patches and the mask's patches.
 
     The mask's patches are those at least half covered by the object. The top patches are
-    the ``round(k * patches)`` most attended (at least one); with ``k=None`` they are as many
-    as the mask's patches, so a map that ranks exactly the object's patches first scores 1.
+    the ``top_k_count(k, ...)`` most attended; with ``k=None`` they are as many as the mask's
+    patches, so a map that ranks exactly the object's patches first scores 1.
 
     Args:
-        k: fraction of patches in (0, 1], or None.
+        k: None; an int >= 1, a count of patches; or a float in (0, 1), a fraction of the
+            patches (see ``top_k_count``).
 
     Returns:
         float in [0, 1].
+
+    Raises:
+        UndefinedMetricError: no patch is at least half covered by the mask.
     """
     attention, mask = _validated(attention, mask)
     target = (mask >= 0.5).flatten()
-    if not bool(target.any()):
-        raise MaskError(
-            "no patch is at least half covered by the mask, so top-k IoU has no target "
-            f"patches (largest coverage {float(mask.max()):.2f}); use mass_in or a larger mask"
-        )
-    count = int(target.sum()) if k is None else max(1, round(_fraction(k) * target.numel()))
+    count = top_k_count(k, int(target.sum()), target.numel())
     top = torch.zeros_like(target)
     top[torch.argsort(attention.flatten(), descending=True, stable=True)[:count]] = True
     return float((top & target).sum() / (top | target).sum())
+
+
+def top_k_count(k: int | float | None, target: int, patches: int) -> int:
+    """How many top patches ``k`` means.
+
+    Args:
+        k: None (as many as the target patches); an int >= 1 (that many patches, at most
+            ``patches``); or a float strictly between 0 and 1 (that fraction of the patches,
+            rounded, at least one). ``k=1.0`` is refused as ambiguous (every patch, or one
+            patch?); bools are refused.
+        target: the mask's patches (at least half covered).
+        patches: all patches of the grid.
+
+    Raises:
+        UndefinedMetricError: ``target`` is 0.
+        TypeError, ValueError: ``k`` is not one of the forms above.
+    """
+    if isinstance(k, (bool, np.bool_)) or not (
+        k is None or isinstance(k, (int, float, np.integer, np.floating))
+    ):
+        raise TypeError(
+            f"k must be an int count of patches or a float fraction in (0, 1), got {k!r}"
+        )
+    if target == 0:
+        raise UndefinedMetricError(
+            "no patch is at least half covered by the mask, so top-k IoU has no target "
+            "patches; use mass_in, or a mask that covers at least half of one patch"
+        )
+    if k is None:
+        return target
+    if isinstance(k, (int, np.integer)):
+        if not 1 <= k <= patches:
+            raise ValueError(
+                f"k={k} is a count of patches (an int): it must be 1..{patches}, the patches "
+                "of the grid; for a fraction pass a float in (0, 1)"
+            )
+        return int(k)
+    if float(k) == 1.0:
+        raise ValueError(
+            "k=1.0 is ambiguous: a float is a fraction (1.0 = every patch, which makes the IoU "
+            "just the mask's share), an int a count; pass k=1 for the single most attended "
+            "patch, or a fraction below 1"
+        )
+    if not 0 < k < 1:
+        raise ValueError(
+            f"k={k!r} is a float, so a fraction of the patches in (0, 1); for a count of "
+            f"patches pass an int (k={int(k)})"
+            if k > 1 and float(k).is_integer()
+            else f"k={k!r} must be a fraction of the patches in (0, 1), or an int count"
+        )
+    return max(1, round(float(k) * patches))
+
+
+def top_k_chance(mask: torch.Tensor, k: int | float | None = None) -> float:
+    """The top-k IoU of a map that ranks patches at random (by the expected intersection).
+
+    ``c`` random patches meet ``m`` target patches of ``n`` in ``c * m / n`` on average, so
+    the chance IoU is ``I / (c + m - I)`` with that ``I``; for ``k=None`` (c = m) and mask
+    share ``a = m / n`` it is ``a / (2 - a)``.
+    """
+    target = int((_validated_mask(mask) >= 0.5).sum())
+    patches = mask.numel()
+    count = top_k_count(k, target, patches)
+    overlap = count * target / patches
+    return float(overlap / (count + target - overlap))
 
 
 def normalized_entropy(attention: torch.Tensor) -> float:
@@ -90,12 +159,6 @@ def concentration(attention: torch.Tensor) -> float:
 def chance_level(mask: torch.Tensor) -> float:
     """The mask's share of the image: the mass-in-mask of a uniform map."""
     return float(_validated_mask(mask).mean())
-
-
-def _fraction(k: float) -> float:
-    if not 0 < k <= 1:
-        raise ValueError(f"k={k!r} must be a fraction of patches in (0, 1]")
-    return float(k)
 
 
 def _validated_map(attention: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,17 @@ def parse_token(value: str | int) -> str | int:
     )
 
 
+def parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
 def parse_directory(value: str) -> str:
     value = value.strip()
     if not value:
@@ -201,6 +212,14 @@ SETTINGS: tuple[Setting, ...] = (
         "require-same|compare",
         "a baseline made with another model or weights: fail, showing the drift "
         "(require-same), or pass when the maps are within tolerance (compare).",
+    ),
+    Setting(
+        "strict_masks",
+        parse_bool,
+        "false",
+        "true|false",
+        "a mask check that passes although its mask covers more than half of the image "
+        "(inverted?) or its value is below chance: warn (false) or fail (true).",
     ),
 )
 

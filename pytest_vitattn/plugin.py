@@ -46,6 +46,15 @@ class _RunHooks:
         self.session.attach_records(item, report)
         return report
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        result = yield
+        # Missing baselines were recorded (and written) as the test went; fail it once.
+        message = self.session.missing_baselines_message(item)
+        if message:
+            pytest.fail(message, pytrace=False)
+        return result
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # In the xdist controller this sees the workers' reports: each record arrives once.
         self.session.collect(report)

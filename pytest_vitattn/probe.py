@@ -19,7 +19,7 @@ import torch
 from pytest_vitattn.attention import CLSAttention
 from pytest_vitattn.errors import ImageError, user_facing
 from pytest_vitattn.extract import Extraction, extract_cls_attention
-from pytest_vitattn.images import label_of, load_image
+from pytest_vitattn.images import content_hash, file_name_of, label_of, load_image
 from pytest_vitattn.maps import HEAD_FUSIONS, check_finite, patch_maps, prefix_share
 from pytest_vitattn.models import LoadedModel
 from pytest_vitattn.preprocess import Geometry, Preprocessing
@@ -39,6 +39,8 @@ class ProbeContext:
         report_hint: gives the place of a record in the HTML report, for failure messages.
         baselines: the test's ``regression.TestBaselines`` (store, policy, tolerance), or
             None outside pytest, where ``matches_baseline`` is unavailable.
+        strict_masks: mask checks that pass with a mask over half the image or a value
+            below chance fail instead of warning.
     """
 
     nodeid: str = "<probe>"
@@ -46,6 +48,7 @@ class ProbeContext:
     records: list[AttentionRecord] = field(default_factory=list)
     report_hint: Callable[[AttentionRecord], str] | None = None
     baselines: Any = None
+    strict_masks: bool = False
 
 
 class Probe:
@@ -99,7 +102,9 @@ class Probe:
         if not sources:
             raise ImageError("an empty list of images was passed; pass at least one image")
         fusion = self.rollout if rollout is _UNSET else _checked_rollout(rollout)
-        displays, geometries = zip(*(self._display(source) for source in sources), strict=True)
+        displays, geometries, hashes = zip(
+            *(self._display(source) for source in sources), strict=True
+        )
         pixels = self.preprocessing.normalise(torch.stack(displays))
         device = next(self.loaded.model.parameters()).device
         extraction = extract_cls_attention(
@@ -111,13 +116,16 @@ class Probe:
             anatomy=self.loaded.anatomy,
         )
         results = [
-            self._result(extraction, index, source, displays[index], geometries[index])
+            self._result(
+                extraction, index, source, displays[index], geometries[index], hashes[index]
+            )
             for index, source in enumerate(sources)
         ]
         return results[0] if single else results
 
-    def _display(self, source: Any) -> tuple[torch.Tensor, Geometry]:
-        return self.preprocessing.display_image(load_image(source))
+    def _display(self, source: Any) -> tuple[torch.Tensor, Geometry, str]:
+        image = load_image(source)
+        return (*self.preprocessing.display_image(image), content_hash(image))
 
     def _result(
         self,
@@ -126,6 +134,7 @@ class Probe:
         source: Any,
         display: torch.Tensor,
         geometry: Geometry,
+        image_sha256: str = "",
     ) -> CLSAttention:
         layout = extraction.layout
         rows = extraction.rows[index]
@@ -150,6 +159,8 @@ class Probe:
             rollout=None if rollout is None else rollout.numpy(),
             prefix_share=shares.numpy(),
             prediction=self._prediction(extraction.logits, index),
+            image_sha256=image_sha256,
+            image_file=file_name_of(source),
         )
         self.context.records.append(record)
         return CLSAttention(
@@ -161,6 +172,7 @@ class Probe:
             record=record,
             report_hint=self.context.report_hint,
             baselines=self.context.baselines,
+            strict_masks=self.context.strict_masks,
         )
 
     def _record_id(self, image_label: str) -> str:

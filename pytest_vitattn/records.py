@@ -83,6 +83,8 @@ class AttentionRecord:
         checks: the checks made, in order.
         baseline: {"maps": (L, H, h, w) array, "path": str} when a baseline was compared.
         outcome: the test's outcome ("passed", "failed", "xfailed", ...), set after the test.
+        image_sha256: SHA-256 of the image's decoded pixels (``images.content_hash``).
+        image_file: the image's file name when it came from a file, else None.
     """
 
     record_id: str
@@ -103,6 +105,8 @@ class AttentionRecord:
     checks: list[CheckResult] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     outcome: str | None = None
+    image_sha256: str = ""
+    image_file: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -141,6 +145,8 @@ class AttentionRecord:
             "checks": [asdict(check) for check in self.checks],
             "baseline": _baseline_to_dict(self.baseline),
             "outcome": self.outcome,
+            "image_sha256": self.image_sha256,
+            "image_file": self.image_file,
         }
         data["image"] = encode_array(self.image, "uint8") if include_pixels else None
         return data
@@ -184,6 +190,8 @@ class AttentionRecord:
             checks=[CheckResult(**check) for check in data["checks"]],
             baseline=baseline,
             outcome=data.get("outcome"),
+            image_sha256=data.get("image_sha256", ""),
+            image_file=data.get("image_file"),
         )
 
 

@@ -8,13 +8,15 @@ What makes two runs comparable: the grid, layers, heads, token layout and prepro
 must match the baseline's, or the check is an error (the maps would differ for reasons
 other than the model). The model and its weights may differ, since catching a new model
 that looks elsewhere is the point; every message then says so, and ``baseline_model=
-"require-same"`` turns it into an error. Library versions are informational.
+"require-same"`` turns it into an error. Library versions are informational. The image must
+be the baseline's: a baseline whose pixel hash differs from the probed image's is an error,
+never a drift.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,11 @@ class TestBaselines:
         tolerance: the test's tolerance (marker > CLI > ini > default).
         model_rule: "require-same" (another model or weights fails, with the drift shown)
             or "compare" (it is compared, and the failure message says so).
+        defer_missing: a missing baseline does not stop the test: it is recorded (and
+            written, by the policy) and ``finish`` fails the test once, naming every one,
+            so a test of several images writes all its baselines in one run. The plugin
+            sets it and calls ``finish`` after the test; elsewhere the check fails at once.
+        missing: (status, shown path) of each missing baseline so far, for ``finish``.
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -59,6 +66,19 @@ class TestBaselines:
     policy: BaselinePolicy
     tolerance: Tolerance
     model_rule: str = "require-same"
+    defer_missing: bool = False
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+    def finish(self) -> str | None:
+        """The failure message for the missing baselines of the test, or None when none was."""
+        if not self.missing:
+            return None
+        written = [shown for status, shown in self.missing if status != "missing"]
+        absent = [shown for status, shown in self.missing if status == "missing"]
+        self.missing.clear()
+        if written:
+            return _written_message(written, self.policy)
+        return _missing_message(absent, self.policy)
 
     def check_record(
         self,
@@ -73,7 +93,8 @@ class TestBaselines:
             The drift, arrays shaped (len(layers), H).
 
         Raises:
-            AssertionError: maps drifted past the tolerance, or the baseline was missing.
+            AssertionError: maps drifted past the tolerance, or the baseline was missing
+                (unless ``defer_missing``: then ``finish`` reports it after the test).
             BaselineError: the baseline is corrupt or was made under other conditions.
         """
         __tracebackhide__ = True
@@ -139,11 +160,13 @@ class TestBaselines:
             record.baseline = _view(current, shown, status, metadata)
             if self.policy.update or self.policy.missing == "write":
                 return conclude.written(status, select(current))
-            conclude.fail(status, _written_message(shown, self.policy))
+            return self._missing(conclude, status, shown, record, path, select(current))
         if not path.exists():
-            conclude.fail("missing", _missing_message(shown, self.policy))
+            return self._missing(conclude, "missing", shown, record, path, select(current))
 
         stored = _read(path, shown, conclude)
+        # Other pixels first: the most useful thing to say about a renamed or copied file.
+        self._check_image(stored, record, shown, conclude)
         self._check_identity(stored, image_key, shown, conclude)
         _check_comparable(stored, metadata, shown, conclude)
         model_note = self._model_note(stored, metadata)
@@ -156,6 +179,53 @@ class TestBaselines:
         return conclude.compared(
             measured, entries, stored, metadata, model_note, report_hint, refuse_other_model
         )
+
+    def _missing(
+        self,
+        conclude: _Conclusion,
+        status: str,
+        shown: str,
+        record: AttentionRecord,
+        path: Any,
+        maps: np.ndarray,
+    ) -> drift.Drift:
+        """A missing baseline: fail now, or (deferred) record it and go on to the next one."""
+        __tracebackhide__ = True
+        others = [
+            self.store.shown(other) for other in self.store.others_of(record.image_file, path)
+        ]
+        note = _others_note(others)
+        if not self.defer_missing:
+            message = (
+                _missing_message([shown], self.policy)
+                if status == "missing"
+                else _written_message([shown], self.policy)
+            )
+            conclude.fail(status, message + note)
+        if all(entry[1] != shown for entry in self.missing):
+            self.missing.append((status, shown + note))
+        return conclude.deferred(status, maps, f"missing baseline {shown}{note}")
+
+    def _check_image(
+        self, stored: Baseline, record: AttentionRecord, shown: str, conclude: _Conclusion
+    ) -> None:
+        """A baseline of other pixels is an error that says so, never a drift."""
+        __tracebackhide__ = True
+        before = stored.metadata.get("image_sha256")
+        if not before:
+            conclude.error(
+                f"baseline {shown} does not record which image it was made from (format "
+                f"{stored.metadata.get('format_version')}, pytest-vitattn 0.1): re-create it "
+                f"with pytest {UPDATE_FLAG}"
+            )
+        if record.image_sha256 and before != record.image_sha256:
+            conclude.error(
+                f"baseline {shown} was made from another image: its pixels' SHA-256 is "
+                f"{before[:16]}..., this image's ({record.image_label}) is "
+                f"{record.image_sha256[:16]}...; comparing their attention would report a "
+                "drift that is only a different picture. If the image was meant to change, "
+                f"re-create the baseline: pytest {UPDATE_FLAG}"
+            )
 
     def _write(self, path: Any, maps: np.ndarray, metadata: dict[str, Any]) -> str:
         data = files.encode(maps, metadata)
@@ -272,6 +342,12 @@ class _Conclusion:
     def written(self, status: str, maps: np.ndarray) -> drift.Drift:
         flat = maps.reshape(-1, *maps.shape[-2:])
         self._add(0.0, True, "", {"status": status})
+        return drift.compare(flat, flat)
+
+    def deferred(self, status: str, maps: np.ndarray, message: str) -> drift.Drift:
+        """A missing baseline, recorded as a failed check; the test fails later."""
+        flat = maps.reshape(-1, *maps.shape[-2:])
+        self._add(0.0, False, message, {"status": status})
         return drift.compare(flat, flat)
 
     def fail(self, status: str, message: str) -> None:
@@ -396,10 +472,12 @@ def _view(maps: np.ndarray, shown: str, status: str, metadata: dict[str, Any]) -
 
 
 def _image_key(record: AttentionRecord) -> str:
-    prefix = record.nodeid + "::"
-    if record.record_id.startswith(prefix):
-        return record.record_id[len(prefix) :]
-    return record.image_label
+    if not record.image_sha256:
+        raise BaselineError(
+            f"the record of {record.image_label} has no image hash, so its baseline cannot be "
+            "named; probe images with a pytest_vitattn Probe"
+        )
+    return files.image_key(record.image_file, record.image_sha256)
 
 
 def _layer_indices(layers: Sequence[int] | None, count: int) -> list[int]:
@@ -442,9 +520,15 @@ def _model_text(model: Mapping[str, Any]) -> str:
     return f"{model.get('name')} (weights: {model.get('weights')}, {model.get('weights_id')})"
 
 
-def _written_message(shown: str, policy: BaselinePolicy) -> str:
+def _written_message(shown: list[str], policy: BaselinePolicy) -> str:
+    what = (
+        f"no attention baseline for this test and image yet; wrote {shown[0]}"
+        if len(shown) == 1
+        else f"no attention baseline yet for {len(shown)} images of this test; wrote all of "
+        "them in this run:\n" + "\n".join(f"    {path}" for path in shown)
+    )
     return (
-        f"no attention baseline for this test and image yet; wrote {shown}\n"
+        f"{what}\n"
         "  Review it (pytest --vitattn-report shows the maps), commit it, and run again to "
         "compare against it.\n"
         f"  (a missing baseline is written and fails the test: {policy.reason}; with the CI "
@@ -452,8 +536,22 @@ def _written_message(shown: str, policy: BaselinePolicy) -> str:
     )
 
 
-def _missing_message(shown: str, policy: BaselinePolicy) -> str:
+def _missing_message(shown: list[str], policy: BaselinePolicy) -> str:
+    where = (
+        f"{shown[0]}, and"
+        if len(shown) == 1
+        else "\n" + "\n".join(f"    {path}" for path in shown) + "\n  and"
+    )
     return (
-        f"no attention baseline at {shown}, and missing baselines fail here ({policy.reason}).\n"
+        f"no attention baseline at {where} missing baselines fail here ({policy.reason}).\n"
         f"  Create it where the model is right: pytest {MISSING_FLAG}=write, then commit it."
+    )
+
+
+def _others_note(others: list[str]) -> str:
+    if not others:
+        return ""
+    return (
+        "\n  (this test's folder has a baseline for the same file name made from other pixels "
+        "or by pytest-vitattn 0.1: " + ", ".join(others) + "; delete it if the image changed)"
     )

@@ -47,6 +47,7 @@ class TestSettings:
     baseline_dir: str | None
     missing_baselines: str
     baseline_model: str
+    strict_masks: bool = False
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, self.weights, self.device)
@@ -107,6 +108,7 @@ class VitattnSession:
             records=item.stash.setdefault(RECORDS_KEY, []),
             report_hint=self._report_hint,
             baselines=self._baselines_for(item, settings),
+            strict_masks=settings.strict_masks,
         )
         return Probe(
             loaded,
@@ -124,9 +126,20 @@ class VitattnSession:
         store = BaselineStore.for_test(
             item.nodeid, Path(str(item.path)), settings.baseline_dir, self.config.rootpath
         )
-        return TestBaselines(
-            store, self.baseline_policy, settings.tolerance, settings.baseline_model
+        baselines = TestBaselines(
+            store,
+            self.baseline_policy,
+            settings.tolerance,
+            settings.baseline_model,
+            defer_missing=True,
         )
+        item.stash[BASELINES_KEY] = baselines
+        return baselines
+
+    def missing_baselines_message(self, item: pytest.Item) -> str | None:
+        """Why the test fails for missing baselines (all of them, written in this run)."""
+        baselines = item.stash.get(BASELINES_KEY, None)
+        return baselines.finish() if baselines is not None else None
 
     def attach_records(self, item: pytest.Item, report: pytest.TestReport) -> None:
         """Note what this phase decided; at teardown, move the test's records onto the
@@ -227,6 +240,7 @@ def _failure_key(failure: dict[str, Any]) -> tuple[str, int, str, int]:
     # Source order, then phase order: the same list in serial and xdist runs.
     path, line = failure["location"]
     return str(path), int(line or 0), failure["nodeid"], PHASE_ORDER[failure["phase"]]
+BASELINES_KEY = pytest.StashKey[Any]()
 
 
 def _run_settings(config: pytest.Config) -> dict[str, Any]:

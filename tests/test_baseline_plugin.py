@@ -13,11 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vitattn import baseline
+from pytest_vitattn import baseline, synthetic
 from pytest_vitattn.baseline import safe_name
+from pytest_vitattn.images import content_hash, load_image
 
 ARCH = "vitattn_tiny_shapes"
-IMAGE_FILE = "vitattn_baselines/test_birds/{test}/image[0].safetensors"
+# Baselines of in-memory images are named by the hash of their pixels (see baseline.image_key).
+IMAGE_NAME = baseline.image_key(
+    None, content_hash(load_image(synthetic.make_sample(0, split="test").image))
+)
+IMAGE_FILE = "vitattn_baselines/test_birds/{test}/" + IMAGE_NAME + ".safetensors"
 
 BIRDS = """
 import pytest
@@ -98,9 +103,9 @@ def test_the_first_run_writes_baselines_and_fails_the_next_one_passes(birds, wei
     first.assert_outcomes(failed=2)
     first.stdout.fnmatch_lines(
         [
-            "E * no attention baseline for this test and image yet; wrote "
+            "no attention baseline for this test and image yet; wrote "
             + literal(IMAGE_FILE.format(test="test_every_head")),
-            "E * Review it (pytest --vitattn-report shows the maps), commit it*",
+            "  Review it (pytest --vitattn-report shows the maps), commit it*",
         ]
     )
     assert sorted(files_of(birds)) == [
@@ -180,7 +185,7 @@ def test_a_corrupt_baseline_fails_clearly_and_is_replaced_only_on_update(birds, 
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "E *BaselineError: baseline */test_every_head/image[[]0].safetensors is corrupt: "
+            f"E *BaselineError: baseline */test_every_head/{IMAGE_NAME}.safetensors is corrupt: "
             "safetensors could not read it (*). It was left untouched; restore it from version "
             "control, or re-create it with --vitattn-update-baselines",
         ]
@@ -211,10 +216,10 @@ def test_in_ci_a_missing_baseline_fails_without_being_written(birds, weights, mo
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "E * no attention baseline at "
+            "no attention baseline at "
             + literal(IMAGE_FILE.format(test="test_every_head"))
             + ", and missing baselines fail here (the CI environment variable is set).",
-            "E * Create it where the model is right: pytest --vitattn-missing-baselines=write, "
+            "  Create it where the model is right: pytest --vitattn-missing-baselines=write, "
             "then commit it.",
         ]
     )
@@ -228,7 +233,7 @@ def test_missing_baselines_can_be_set_to_fail_in_the_ini_file(birds, weights):
     result = run(birds, weights["a"])
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
-        ["E * missing baselines fail here (--vitattn-missing-baselines=fail)."]
+        ["*missing baselines fail here (--vitattn-missing-baselines=fail)."]
     )
 
 
@@ -425,7 +430,8 @@ def test_record(vitattn):
     assert check.threshold == 0.02 and check.selection == "every layer and head"
     details = check.details
     assert details["status"] == "compared" and details["failing"] == []
-    assert details["path"] == "vitattn_baselines/test_record/test_record/image[0].safetensors"
+    name = "image-" + attn.record.image_sha256[:12]
+    assert details["path"] == f"vitattn_baselines/test_record/test_record/{name}.safetensors"
     assert len(details["maps"]) == 18
     assert details["maps"][4] == {
         "label": "layer 1, head 1", "layer": 1, "head": 1,
@@ -481,14 +487,15 @@ def test_baseline_files_are_named_by_module_class_test_param_and_image(
     monkeypatch.delenv("CI", raising=False)
     pytester.makepyfile(test_named=NAMED)
     run(pytester, weights["a"], "--vitattn-missing-baselines=write").assert_outcomes(passed=2)
-    image = safe_name("bird one.png")
+    # The same pixels probed twice in a test share one baseline, named by file and pixels.
+    pixels = content_hash(load_image(synthetic.make_sample(1).image))
+    image = safe_name(f"bird one.png-{pixels[:8]}")
+    assert image.startswith(f"bird_one.png-{pixels[:8]}-")
     folder = "vitattn_baselines/test_named/TestBirds/"
     odd = safe_name("test_wing[odd id/with space]")
     assert odd.startswith("test_wing[odd_id_with_space]-")
     assert sorted(files_of(pytester)) == sorted(
-        f"{folder}{test}/{image}{repeat}.safetensors"
-        for test in ("test_wing[small]", odd)
-        for repeat in ("", "-2")
+        f"{folder}{test}/{image}.safetensors" for test in ("test_wing[small]", odd)
     )
     run(pytester, weights["a"]).assert_outcomes(passed=2)
 
@@ -506,8 +513,8 @@ def test_a_configured_baseline_dir_resolves_against_the_ini_file(pytester, weigh
         for p in (pytester.path / "store").rglob("*.safetensors")
     )
     assert stored == [
-        "store/sub/test_birds/test_every_head/image[0].safetensors",
-        "store/sub/test_birds/test_last_layer/image[0].safetensors",
+        f"store/sub/test_birds/test_every_head/{IMAGE_NAME}.safetensors",
+        f"store/sub/test_birds/test_last_layer/{IMAGE_NAME}.safetensors",
     ]
 
 
@@ -521,7 +528,7 @@ def test_a_baseline_copied_from_another_test_is_refused(birds, weights):
     result.stdout.fnmatch_lines(
         [
             "E *BaselineError: baseline * belongs to test 'test_every_head', image "
-            "'image[[]0]', not to test 'test_last_layer'*"
+            f"'{IMAGE_NAME}', not to test 'test_last_layer'*"
         ]
     )
     assert target.read_bytes() == source.read_bytes()

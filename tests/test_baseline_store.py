@@ -66,7 +66,9 @@ def test_default_store_is_beside_the_test_file(tmp_path):
     )
     assert store.test == "TestWings::test_span[large]"
     assert store.path_for("bird.png").name == "bird.png.safetensors"
-    assert store.path_for("bird.png#2").name == "bird.png-2.safetensors"
+    key = baseline.image_key("bird.png", "0123456789abcdef" * 4)
+    assert store.path_for(key).name == "bird.png-01234567.safetensors"
+    assert baseline.image_key(None, "0123456789abcdef" * 4) == "image-0123456789ab"
     assert store.shown(store.path_for("bird.png")) == (
         "tests/vitattn_baselines/test_birds/TestWings/test_span[large]/bird.png.safetensors"
     )
@@ -132,7 +134,10 @@ def test_a_baseline_from_a_newer_format_asks_for_an_upgrade(tmp_path):
     path = tmp_path / "x.safetensors"
     newer = {**METADATA, "format_version": baseline.FORMAT_VERSION + 1}
     path.write_bytes(baseline.encode(attention_maps(), newer))
-    with pytest.raises(BaselineError, match=r"format version 2; .* upgrade pytest-vitattn"):
+    newest = baseline.FORMAT_VERSION
+    with pytest.raises(
+        BaselineError, match=rf"format version {newest + 1}; .* upgrade pytest-vitattn"
+    ):
         baseline.read(path)
 
 

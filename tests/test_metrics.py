@@ -68,7 +68,7 @@ def test_top_k_iou_with_explicit_k():
     mask = _mask((3, 3))
     # k = 2/16: top patches (3,3) and (3,2); IoU = 1 / 2.
     assert metrics.top_k_iou(attention, mask, k=2 / 16) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match=r"k=0 must be a fraction"):
+    with pytest.raises(ValueError, match=r"k=0 is a count of patches \(an int\): it must be 1..16"):
         metrics.top_k_iou(attention, mask, k=0)
 
 
