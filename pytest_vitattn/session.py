@@ -40,9 +40,10 @@ class TestSettings:
     baseline_dir: str | None
     missing_baselines: str
     baseline_model: str
+    branch: str | int = "primary"
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.model, self.weights, self.device)
+        return ModelSpec(self.model, self.weights, self.device, self.branch)
 
 
 class VitattnSession:
