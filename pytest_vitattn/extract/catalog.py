@@ -352,6 +352,17 @@ FAMILIES: tuple[FamilyCase, ...] = (
         layers=1,
     ),
     FamilyCase(
+        "NaFlexViT with registers, no class token",
+        "`naflexvit_*_reg*_gap`",
+        REGISTERS_ONLY,
+        "no CLS token: `token='cls'` is refused; `token=0..` reads a register row",
+        "naflexvit_so150m2_patch16_reg1_gap",
+        {"depth": 2, "embed_dim": 64, "num_heads": 2},
+        grid=(4, 4),
+        layers=2,
+        refusal="has no CLS token",
+    ),
+    FamilyCase(
         "PiT",
         "`pit_*`",
         REFUSED,

@@ -239,9 +239,30 @@ def naflexvit(model: nn.Module) -> Anatomy:
             has_rollout=False,
             grid_rule=_naflex_grid,
         )
-    from pytest_vitattn.extract.refusals import no_query
+    from pytest_vitattn.extract.refusals import no_cls_clause, no_query
 
-    raise no_query(model)
+    if prefix == 0:
+        raise no_query(model)
+    sites = [
+        _site(model, f"blocks.{index}.attn", index, "tokens") for index in range(len(model.blocks))
+    ]
+    return Anatomy(
+        family="naflexvit-registers",
+        sites=tuple(sites),
+        num_prefix_tokens=prefix,
+        query_index=None,
+        fast_path=True,
+        num_queries=prefix,
+        named_queries=(),
+        has_rollout=True,
+        grid_rule=_naflex_grid,
+        no_query_reason=(
+            f"{no_cls_clause(model)}, so there is no CLS attention row to read; reading row 0 "
+            f"would show another token's attention. It has {prefix} register token(s): "
+            f"token=0..{prefix - 1} reads a register token's attention instead (marker "
+            f"token=..., --vitattn-token)."
+        ),
+    )
 
 
 def _naflex_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:

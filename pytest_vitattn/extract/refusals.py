@@ -91,9 +91,11 @@ def no_query(model: nn.Module) -> UnsupportedModelError:
             "It has no attention modules at all (no module class named *Attention*, *Attn*): "
             "a convolutional, MLP or other attention-free model."
         )
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    row_0 = "a patch's" if prefix == 0 else "another token's"
     return UnsupportedModelError(
         f"{no_cls_clause(model)}, no class-attention blocks and no attention-pooling query, so "
-        f"no attention row belongs to a CLS-like query; reading row 0 would show a patch's "
+        f"no attention row belongs to a CLS-like query; reading row 0 would show {row_0} "
         f"attention. {what} {WHAT_WORKS}"
     )
 
