@@ -194,3 +194,16 @@ def test_convit_reads_only_the_layers_after_the_gpsa_ones():
     case = next(c for c in FAMILIES if c.model == "convit_tiny")
     paths = [site.module_path for site in describe(create(case)).sites]
     assert paths == ["blocks.1.attn", "blocks.2.attn"]
+
+
+def test_conv_stems_take_only_sizes_their_grid_tiles():
+    # XCiT's padded stride-2 convolutions would make 5x4 of 72x64 (80x64 of image): refused.
+    xcit = next(c for c in FAMILIES if c.model == "xcit_nano_12_p16_224")
+    model = create(xcit)
+    with pytest.raises(ImageError, match=r"the nearest sizes are 64x64 or 80x64\."):
+        extract_cls_attention(model, torch.zeros(1, 3, 72, 64))
+    assert extract_cls_attention(model, torch.zeros(1, 3, 80, 64)).layout.grid == (5, 4)
+    # VOLO floors 230 px to the same 14x14 grid as 224 px: only 224 px is read.
+    volo = timm.create_model("volo_d1_224", pretrained=False).eval()
+    with pytest.raises(ImageError, match="built for 224x224"):
+        describe(volo).layout(volo, (230, 230))

@@ -113,15 +113,21 @@ def _volo_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
         height, width = _conv_out(height, conv, 0), _conv_out(width, conv, 1)
         stride_h, stride_w = stride_h * conv.stride[0], stride_w * conv.stride[1]
     if model.pos_embed is not None:
+        # Only the size the position embedding was made for: its grid tiles the input evenly.
         expected = tuple(int(v) for v in model.pos_embed.shape[1:3])
-        if (height, width) != expected:
-            built_for = (expected[0] * stride_h, expected[1] * stride_w)
+        built_for = (expected[0] * stride_h, expected[1] * stride_w)
+        if tuple(input_hw) != built_for:
             raise ImageError(
-                f"the input is {input_hw[0]}x{input_hw[1]} pixels, which gives a "
-                f"{height}x{width} token grid, but the model's position embedding is "
-                f"{_size(expected)} (built for {_size(built_for)}): resize the input, or "
+                f"the input is {input_hw[0]}x{input_hw[1]} pixels, but the model's position "
+                f"embedding is a {_size(expected)} grid, built for {_size(built_for)}: resize "
+                f"the input (the vitattn fixture does this from the model's data config), or "
                 f"create the model with img_size=..."
             )
+    elif input_hw[0] % stride_h or input_hw[1] % stride_w:
+        raise ImageError(
+            f"the input is {input_hw[0]}x{input_hw[1]} pixels, not a multiple of the model's "
+            f"stride {stride_h}x{stride_w}, so its token grid would not tile the image evenly"
+        )
     return height, width
 
 

@@ -135,16 +135,39 @@ def _stem_grid(patch_embed: nn.Module, input_hw: tuple[int, int]) -> tuple[int, 
 def _multiples(size: int, step: int) -> list[int]:
     """The multiples of ``step`` nearest to ``size`` (below and above; never 0)."""
     below = size // step * step
+    if below == size:
+        return [size]
     return [v for v in (below, below + step) if v > 0]
 
 
 def conv_stack_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
-    """Grid of a patch embedding made of strided convolutions (XCiT), for any input size."""
+    """Grid of a patch embedding made of strided convolutions (XCiT).
+
+    Only for multiples of the total stride: for other sizes the padded convolutions round up
+    and the last cells hang over the image's edge, so a map would be shifted.
+
+    Raises:
+        ImageError: the input is not a multiple of the stride, or smaller than one cell.
+    """
     height, width = input_hw
+    stride = [1, 1]
     for conv in model.patch_embed.modules():
         if isinstance(conv, nn.Conv2d):
             height = _conv_out(height, conv, 0)
             width = _conv_out(width, conv, 1)
+            stride = [stride[0] * conv.stride[0], stride[1] * conv.stride[1]]
+    if input_hw[0] % stride[0] or input_hw[1] % stride[1]:
+        options = " or ".join(
+            f"{h}x{w}"
+            for h in _multiples(input_hw[0], stride[0])
+            for w in _multiples(input_hw[1], stride[1])
+        )
+        raise ImageError(
+            f"an input of {input_hw[0]}x{input_hw[1]} pixels is not a multiple of the patch "
+            f"stem's stride {stride[0]}x{stride[1]}: its padded convolutions would round the "
+            f"grid up and the map would not line up with the image. Resize the input to a "
+            f"multiple of {stride[0]}x{stride[1]}; the nearest sizes are {options}."
+        )
     if height < 1 or width < 1:
         raise ImageError(f"an input of {input_hw[0]}x{input_hw[1]} pixels is too small")
     return height, width
