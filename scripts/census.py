@@ -2,8 +2,9 @@
 
 Walks timm's model registry, takes the smallest model (by parameter count, counted on the
 meta device) of every model module and model class, plus one tiny instance of every row of
-the families table (``extract.catalog``, the ViT flavours), creates each with random weights
-and classifies it:
+the families table (``extract.catalog``, the ViT flavours) and the models of issue 12
+(``EXTRAS``: full size, odd input sizes), creates each with random weights and classifies
+it:
 
 * ``verified``: ``describe`` accepted it, and the rows of the fast path and of the fx path
   (where torch.fx can trace the model) equal the independent reference of
@@ -59,11 +60,33 @@ class Outcome:
     seconds: float
 
 
+# Models named in issue 12 (CLS-like queries that were refused, and raw errors), at their
+# default configuration unless kwargs are given: each must be verified or truly refused.
+EXTRAS: tuple[tuple[str, dict[str, Any], tuple[int, int] | None], ...] = (
+    ("pit_ti_224", {}, None),
+    ("pit_ti_distilled_224", {}, None),
+    ("convit_tiny", {}, None),
+    ("crossvit_tiny_240", {}, None),
+    ("crossvit_9_dagger_240", {}, None),
+    ("volo_d1_224", {}, None),
+    ("tnt_s_legacy_patch16_224", {}, None),
+    ("mvitv2_small_cls", {}, None),
+    ("naflexvit_base_patch16_radio_v3", {}, None),
+    ("naflexvit_base_patch16_map", {}, None),
+    ("naflexvit_base_patch16_siglip", {}, None),
+    ("vit_relpos_medium_patch16_cls_224", {}, None),
+    ("vit_relpos_base_patch16_clsgap_224", {}, None),
+    ("deit_tiny_distilled_patch16_224", {"dynamic_img_size": True}, (200, 296)),
+    ("deit_tiny_distilled_patch16_224", {"dynamic_img_size": True}, (192, 288)),
+    ("vit_small_patch16_224", {"dynamic_img_size": True}, (200, 300)),
+    ("vit_small_r26_s32_224", {"dynamic_img_size": True}, (200, 296)),
+    ("vit_small_r26_s32_224", {"dynamic_img_size": True}, (192, 288)),
+)
+
+
 def selection() -> list[tuple[str, str, dict[str, Any], tuple[int, int] | None]]:
     """(model, source, kwargs, input_hw) for the census: per module and class, the smallest."""
     import timm
-
-    from pytest_vitattn.extract.catalog import FAMILIES
 
     chosen: list[tuple[str, str, dict[str, Any], tuple[int, int] | None]] = []
     for module in sorted(timm.list_modules()):
@@ -80,8 +103,21 @@ def selection() -> list[tuple[str, str, dict[str, Any], tuple[int, int] | None]]
                 smallest[cls] = (size, name)
         for _, name in sorted(smallest.values()):
             chosen.append((name, f"module {module}", {}, None))
-    for case in FAMILIES:
-        chosen.append((case.model, f"flavour {case.family}", dict(case.kwargs), case.input_hw))
+    return chosen + flavours()
+
+
+def flavours() -> list[tuple[str, str, dict[str, Any], tuple[int, int] | None]]:
+    """Every row of the families table (tiny instances) and the models of issue 12."""
+    from pytest_vitattn.extract.catalog import FAMILIES
+
+    chosen = [
+        (case.model, f"flavour {case.family}", dict(case.kwargs), case.input_hw)
+        for case in FAMILIES
+    ]
+    for name, kwargs, input_hw in EXTRAS:
+        size = f" {input_hw[0]}x{input_hw[1]}" if input_hw else ""
+        extra = f" {', '.join(f'{k}={v}' for k, v in kwargs.items())}" if kwargs else ""
+        chosen.append((name, f"issue 12{extra}{size}", kwargs, input_hw))
     return chosen
 
 
@@ -159,11 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="census only these model names")
     parser.add_argument("--json", type=Path, help="also write the outcomes as JSON")
+    parser.add_argument(
+        "--selection",
+        type=Path,
+        help="JSON file of the selected models: read if it exists, else written (the walk "
+        "over the registry takes minutes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import timm
 
-    chosen = [(name, "command line", {}, None) for name in args.only] if args.only else selection()
+    if args.only:
+        chosen = [(name, "command line", {}, None) for name in args.only]
+    elif args.selection and args.selection.exists():
+        chosen = [
+            (name, source, kwargs, tuple(hw) if hw else None)
+            for name, source, kwargs, hw in json.loads(args.selection.read_text())
+        ]
+    else:
+        chosen = selection()
+        if args.selection:
+            args.selection.write_text(json.dumps(chosen, indent=1))
     print(f"# census of timm {timm.__version__}, torch {torch.__version__}: {len(chosen)} models")
     outcomes = []
     for index, (name, source, kwargs, input_hw) in enumerate(chosen, 1):
