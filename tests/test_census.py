@@ -43,7 +43,7 @@ SUBSET = [
     ("pit_ti_224", {}, None, "refused", "not supported yet"),
     ("coat_lite_tiny", {}, None, "refused", "is factorised"),
     ("swin_tiny_patch4_window7_224", {}, None, "refused", "windowed attention"),
-    ("resnet18", {}, None, "refused", "no attention modules at all"),
+    ("resnet18", {}, None, "refused", "no attention modules pytest-vitattn recognises"),
     (
         "vit_small_patch16_224",
         {"depth": 1, "dynamic_img_size": True},

@@ -46,8 +46,10 @@ def refusal(name: str, **kwargs) -> str:
         ("levit_128s", "It has attention (Attention, AttentionDownsample) whose queries"),
         ("mvitv2_tiny", "It has attention (MultiScaleAttention) whose queries"),
         ("edgenext_xx_small", "attention over channels (CrossCovarianceAttn), not over tokens"),
-        ("resnet18", "It has no attention modules at all"),
-        ("mixer_s16_224", "It has no attention modules at all"),
+        ("resnet18", "It has no attention modules pytest-vitattn recognises"),
+        ("shvit_s1", "It has attention (SHSA) whose queries"),  # found by its q/k projections
+        ("resnest14d", "attention over channels (SplitAttn), not over tokens"),
+        ("mixer_s16_224", "It has no attention modules pytest-vitattn recognises"),
     ],
 )
 def test_models_without_a_cls_query_are_told_what_they_have(name, has):

@@ -412,9 +412,9 @@ FAMILIES: tuple[FamilyCase, ...] = (
         "CNNs and MLP models",
         "`resnet*`, `convnext*`, `mixer_*`, ...",
         REFUSED,
-        "no attention at all",
+        "no token attention (no CLS-like query either)",
         "resnet18",
-        refusal="has no attention modules at all",
+        refusal="has no attention modules pytest-vitattn recognises",
     ),
 )
 

@@ -22,19 +22,26 @@ WHAT_WORKS = (
 
 # Substrings (lower case) of attention module class names, by the kind of attention.
 _WINDOWED = ("window", "partition", "halo", "maskunit", "locallygrouped", "neighborhood")
-_CHANNELS = ("xca", "crosscovariance", "channelattention")
+_CHANNELS = ("xca", "crosscovariance", "channelattention", "splitattn", "selectivekernel")
 _ATTENTION = ("attention", "attn", "mhsa", "gpsa", "litemla")
 
 
 def attention_classes(model: nn.Module) -> list[str]:
-    """Class names of the model's attention modules (blocks that contain them excluded)."""
+    """Class names of the model's attention modules: named like attention, or holding query
+    and key projections (``qkv``, or ``q`` with ``k``/``kv``); blocks that contain them and
+    the model itself excluded."""
     names: list[str] = []
     for module in model.modules():
         name = type(module).__name__
         lower = name.lower()
-        if lower.endswith("block") or name in names:
+        if module is model or lower.endswith("block") or name in names:
             continue
-        if any(word in lower for word in _ATTENTION):
+        named = any(word in lower for word in _ATTENTION)
+        projects = isinstance(getattr(module, "qkv", None), nn.Module) or (
+            isinstance(getattr(module, "q", None), nn.Module)
+            and isinstance(getattr(module, "k", getattr(module, "kv", None)), nn.Module)
+        )
+        if named or projects:
             names.append(name)
     return names
 
@@ -88,8 +95,9 @@ def no_query(model: nn.Module) -> UnsupportedModelError:
         what = f"It has {'; and '.join(has)}."
     else:
         what = (
-            "It has no attention modules at all (no module class named *Attention*, *Attn*): "
-            "a convolutional, MLP or other attention-free model."
+            "It has no attention modules pytest-vitattn recognises (none named *Attention* or "
+            "*Attn*, none with query and key projections): a convolutional, MLP or other model "
+            "without token attention."
         )
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     row_0 = "a patch's" if prefix == 0 else "another token's"
