@@ -37,11 +37,14 @@ class ModelSpec:
             file for the shipped models), ``"random"`` (random init), or a path to a local
             weights file (safetensors, or a torch file loaded with ``weights_only=True``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        branch: for multi-branch models (CrossViT), the branch read: ``"primary"`` or an
+            index (see ``extract.describe``).
     """
 
     name: str = DEFAULT_MODEL
     weights: str = PRETRAINED
     device: str = "cpu"
+    branch: str | int = "primary"
 
     def describe_weights(self) -> str:
         if self.weights in (PRETRAINED, RANDOM):
@@ -121,7 +124,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     device = _checked_device(spec.device, torch)
     _check_known(spec.name, timm)
     model = _create(spec, timm)
-    anatomy = describe(model)
+    anatomy = describe(model, branch=None if spec.branch == "primary" else spec.branch)
     model = model.eval().to(device)
     data_config = timm.data.resolve_model_data_config(model)
     label_names = getattr(model, "pretrained_cfg", {}).get("label_names")

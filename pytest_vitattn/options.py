@@ -86,6 +86,19 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
 
 
+def parse_branch(value: str | int) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "primary":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a branch: use 'primary' or a branch index (CrossViT: 0 or 1)"
+    )
+
+
 def parse_directory(value: str) -> str:
     value = value.strip()
     if not value:
@@ -179,6 +192,14 @@ SETTINGS: tuple[Setting, ...] = (
         "cls",
         "cls|dist|INDEX",
         "which prefix token's attention row to read (DeiT-distilled: 'dist').",
+    ),
+    Setting(
+        "branch",
+        parse_branch,
+        "primary",
+        "primary|INDEX",
+        "multi-branch models (CrossViT): whose CLS attention to read; primary (the branch "
+        "with the most self-attention blocks, timm's branch 1) or an index.",
     ),
     Setting(
         "tolerance",

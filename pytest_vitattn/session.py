@@ -48,9 +48,10 @@ class TestSettings:
     missing_baselines: str
     baseline_model: str
     strict_masks: bool = False
+    branch: str | int = "primary"
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.model, self.weights, self.device)
+        return ModelSpec(self.model, self.weights, self.device, self.branch)
 
 
 class VitattnSession:
@@ -240,6 +241,8 @@ def _failure_key(failure: dict[str, Any]) -> tuple[str, int, str, int]:
     # Source order, then phase order: the same list in serial and xdist runs.
     path, line = failure["location"]
     return str(path), int(line or 0), failure["nodeid"], PHASE_ORDER[failure["phase"]]
+
+
 BASELINES_KEY = pytest.StashKey[Any]()
 
 

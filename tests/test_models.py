@@ -120,8 +120,11 @@ def test_hub_weights_without_a_network_say_how_to_use_a_local_file(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("resnet18", "has no transformer blocks with token attention"),
-        ("swin_tiny_patch4_window7_224", "SwinTransformer has no transformer blocks"),
+        (
+            "resnet18",
+            "ResNet has no CLS token.* It has no attention modules pytest-vitattn recognises",
+        ),
+        ("swin_tiny_patch4_window7_224", "SwinTransformer has no CLS token.* windowed attention"),
         ("vit_base_patch16_gap_224", "has no CLS token"),
     ],
 )
@@ -132,7 +135,9 @@ def test_models_without_cls_token_attention_are_refused(name, reason):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available on this machine")
 def test_cuda_without_cuda_is_a_clear_error():
-    with pytest.raises(DeviceError, match=r"CUDA is not available here .* use --vitattn-device=cpu"):
+    with pytest.raises(
+        DeviceError, match=r"CUDA is not available here .* use --vitattn-device=cpu"
+    ):
         load_model(ModelSpec(TINY, "random", "cuda"))
 
 

@@ -104,7 +104,10 @@ def extract_cls_attention(
         raise UnsupportedModelError(
             f"{type(model).__name__} attended over {rows.shape[-1]} tokens, but the layout "
             f"({layout.num_prefix_tokens} prefix tokens, {layout.grid[0]}x{layout.grid[1]} "
-            f"patches) has {layout.num_tokens}"
+            f"patches) has {layout.num_tokens}: the model made another patch grid of this "
+            f"{pixels.shape[-2]}x{pixels.shape[-1]} input than its patch embedding says, so "
+            f"no map is drawn. Use the input size the model was built for "
+            f"(model.pretrained_cfg['input_size'])."
         )
     return extraction
 

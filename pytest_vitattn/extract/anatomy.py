@@ -28,11 +28,13 @@ class AttentionSite:
             (batch, heads, queries, tokens), e.g. ``"blocks.3.attn.attn_drop"``.
         layer: the layer this site belongs to; sites of one layer (parallel attention
             branches) are read as one layer with their heads side by side.
+        call: "sdpa" or "softmax": what the fast path observes (see ``sites.SiteKind``).
     """
 
     module_path: str
     fx_node: str
     layer: int
+    call: str = "sdpa"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ Families (see ``extract.catalog`` for the table with examples):
 * attention pooling (``global_pool='map'``, e.g. SigLIP): the pooling query's attention over
   the final tokens, one layer; the blocks have no CLS token;
 * no CLS but register tokens (``*_reg*_gap_*``): register rows only when asked for by index;
-* anything else (no CLS, no registers, no pooling query; Swin; CNNs): refused.
+* ConViT, VOLO, TNT, CrossViT (one branch), NaFlexViT: built in ``extract.families``;
+* refused, with what the model has and lacks (``extract.refusals``): no CLS-like query
+  (Swin, PVTv2, CNNs, ...), factorised attention (CoaT), a grid that changes between stages
+  (PiT, MViTv2 ``*_cls``).
 """
 
 from __future__ import annotations
@@ -18,54 +21,93 @@ from __future__ import annotations
 from torch import nn
 
 from pytest_vitattn.errors import UnsupportedModelError
+from pytest_vitattn.extract import families
 from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite
 from pytest_vitattn.extract.grids import conv_stack_grid, patch_embed_grid
+from pytest_vitattn.extract.refusals import (
+    WHAT_WORKS,
+    factorised,
+    has_class_token,
+    no_cls_clause,
+    no_query,
+    per_layer_grids,
+)
 from pytest_vitattn.extract.sites import site_kind
 
-_WHAT_WORKS = (
-    "pytest-vitattn reads the attention of a CLS-like query over image patches: ViT-style "
-    "models with a class token (vit_*, deit*, eva02_*, beit*, cait_*, xcit_*, dinov2 with "
-    "registers), attention-pooling models (global_pool='map'), or the shipped "
-    "vitattn_tiny_shapes."
-)
+_WHAT_WORKS = WHAT_WORKS
 
 _FAMILY_OF_CLASS = {
     "VisionTransformer": "vit",
     "VisionTransformerDistilled": "deit-distilled",
+    "VisionTransformerRelPos": "vit-relpos",
     "Eva": "eva",
     "Beit": "beit",
     "Cait": "cait",
     "Xcit": "xcit",
 }
 
+# Families whose CLS query is found by their own builder (``extract.families``).
+_BUILDERS = {
+    "ConVit": families.convit,
+    "VOLO": families.volo,
+    "TNT": families.tnt,
+    "NaFlexVit": families.naflexvit,
+}
 
-def describe(model: nn.Module) -> Anatomy:
+
+def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
     """Find the CLS attention sites of a timm model, or refuse with the reason.
 
+    Args:
+        model: a timm model.
+        branch: for multi-branch models (CrossViT), the branch whose CLS attention is read;
+            default: the primary branch (the one with the most self-attention blocks).
+
     Raises:
-        UnsupportedModelError: no readable CLS-like attention; the message says why and
-            what would work instead.
+        UnsupportedModelError: no readable CLS-like attention; the message says what the
+            model has, what it lacks and what would work instead.
     """
     name = type(model).__name__
+    if branch is not None and name != "CrossVit":
+        raise UnsupportedModelError(
+            f"branch={branch!r} was asked for, but {name} has a single branch; only "
+            f"CrossViT has several"
+        )
+    if name == "CrossVit":
+        return families.crossvit(model, branch)
+    if name in _BUILDERS:
+        return _BUILDERS[name](model)
+    _refuse_known_unreadable(model, name)
     if hasattr(model, "blocks_token_only") or hasattr(model, "cls_attn_blocks"):
         return _class_attention(model, name)
-    if not isinstance(getattr(model, "blocks", None), nn.Module) or not hasattr(
+    has_cls = getattr(model, "cls_token", None) is not None
+    pool = getattr(model, "attn_pool", None)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    has_layout = isinstance(getattr(model, "blocks", None), nn.Module) and hasattr(
         model, "patch_embed"
-    ):
+    )
+    if not has_cls and pool is None and (prefix == 0 or not has_layout):
+        if has_class_token(model):
+            raise UnsupportedModelError(
+                f"{name} has a class token, but not in a layout pytest-vitattn has been "
+                f"verified on (a blocks list over a patch embedding), so it refuses rather "
+                f"than risk a wrong map. {_WHAT_WORKS}"
+            )
+        raise no_query(model)
+    if not has_layout:
         raise UnsupportedModelError(
-            f"{name} has no transformer blocks with token attention over a patch sequence "
-            f"(Swin's windowed attention and CNNs have no CLS attention row). {_WHAT_WORKS}"
+            f"{name} has a class token or pooling query, but not in a layout pytest-vitattn "
+            f"has been verified on (a blocks list over a patch embedding), so it refuses "
+            f"rather than risk a wrong map. {_WHAT_WORKS}"
         )
     _check_patch_embed(model, name)
     family = _FAMILY_OF_CLASS.get(name, name.lower())
-    prefix = int(getattr(model, "num_prefix_tokens", 0))
-    if getattr(model, "cls_token", None) is not None:
+    if has_cls:
         sites = _block_sites(model)
         named = [("cls", 0)]
         if getattr(model, "dist_token", None) is not None:
             named.append(("dist", 1))
         return _self_attention(family, sites, prefix, 0, tuple(named))
-    pool = getattr(model, "attn_pool", None)
     if pool is not None:
         kind = site_kind(pool, f"{name}.attn_pool")
         if kind.queries != "latent":
@@ -84,14 +126,10 @@ def describe(model: nn.Module) -> Anatomy:
             has_rollout=False,
             grid_rule=patch_embed_grid,
         )
-    global_pool = getattr(model, "global_pool", None)
     no_cls = (
-        f"{name} has no CLS token (class_token=False, global_pool={global_pool!r}), so "
-        f"there is no CLS attention row to read; reading row 0 would show another token's "
-        f"attention."
+        f"{no_cls_clause(model)}, so there is no CLS attention row to read; reading row 0 "
+        f"would show another token's attention."
     )
-    if prefix == 0:
-        raise UnsupportedModelError(f"{no_cls} {_WHAT_WORKS}")
     return _self_attention(
         f"{family}-registers",
         _block_sites(model),
@@ -103,6 +141,18 @@ def describe(model: nn.Module) -> Anatomy:
             f"register token's attention instead (marker token=..., --vitattn-token)."
         ),
     )
+
+
+def _refuse_known_unreadable(model: nn.Module, name: str) -> None:
+    """Models with a class token whose attention has no per-layer CLS row on one grid."""
+    if name == "PoolingVisionTransformer":  # PiT
+        raise per_layer_grids(model, "a pooling layer between the stages shrinks the grid")
+    if name == "MultiScaleVit" and getattr(model, "cls_token", None) is not None:
+        raise per_layer_grids(
+            model, "its keys (and queries) are pooled to a coarser grid from stage to stage"
+        )
+    if name == "CoaT":
+        raise factorised(model, "FactorAttnConvRelPosEnc")
 
 
 def _self_attention(
@@ -145,7 +195,9 @@ def _block_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
             kind = site_kind(module, f"{name}.{module_path}")
             if kind.queries != "tokens":
                 raise UnsupportedModelError(f"{name}.{module_path} is not token self-attention")
-            sites.append(AttentionSite(module_path, f"{module_path}.{kind.softmax_node}", layer))
+            sites.append(
+                AttentionSite(module_path, f"{module_path}.{kind.softmax_node}", layer, kind.call)
+            )
     if not sites:
         raise UnsupportedModelError(f"{name} has no transformer blocks. {_WHAT_WORKS}")
     return tuple(sites)
@@ -166,7 +218,7 @@ def _class_attention(model: nn.Module, name: str) -> Anatomy:
         kind = site_kind(block.attn, f"{name}.{path}")
         if kind.queries != "class":
             raise UnsupportedModelError(f"{name}.{path} is not class attention")
-        sites.append(AttentionSite(path, f"{path}.{kind.softmax_node}", layer))
+        sites.append(AttentionSite(path, f"{path}.{kind.softmax_node}", layer, kind.call))
     family = _FAMILY_OF_CLASS.get(name, name.lower())
     return Anatomy(
         family=family,

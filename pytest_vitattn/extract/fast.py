@@ -1,7 +1,9 @@
 """Fast query rows: keep the model's fused attention and compute only the rows that are read.
 
 Each attention site hands q, k and its bias (relative position bias, masks) to
-``F.scaled_dot_product_attention``, after q_norm/k_norm and RoPE. While a site runs, a
+``F.scaled_dot_product_attention``, after q_norm/k_norm and RoPE. Sites without a fused
+branch (ConViT's MHSA, TNT, VOLO class attention: ``AttentionSite.call == "softmax"``) are
+read from their one softmax over the keys instead, which they compute anyway. While a site runs, a
 ``TorchFunctionMode`` sees that call, computes ``softmax((q_query * scale) @ k^T + bias)`` from
 the very same tensors, and passes the call on unchanged. Extra work per site: O(H * N * D)
 instead of the O(H * N^2 * D) full matrix; memory: the (B, H, N) rows. The mode is active
@@ -78,19 +80,27 @@ class _RowCapture(TorchFunctionMode):
         self._layer_matrices: list[torch.Tensor] = []
         self._running: torch.Tensor | None = None
         self._calls = 0
+        self._call = "sdpa"
         self.active = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
+        if self._call == "sdpa" and func is F.scaled_dot_product_attention:
             self._calls += 1
             output = self._observe(*args, **kwargs)
             if output is not None:
                 return output
+        elif self._call == "softmax" and func in _SOFTMAXES:
+            # Modules without a fused branch: their one softmax over the keys is the matrix.
+            self._calls += 1
+            output = func(*args, **kwargs)
+            self._observe_softmax(output, args, kwargs)
+            return output
         return func(*args, **kwargs)
 
-    def enter_site(self) -> None:
+    def enter_site(self, index: int) -> None:
         self._calls = 0
+        self._call = self.sites[index].call
         self.__enter__()
         self.active = True
 
@@ -98,8 +108,9 @@ class _RowCapture(TorchFunctionMode):
         self.active = False
         self.__exit__(None, None, None)
         if self._calls != 1:
+            what = "fused attention" if self._call == "sdpa" else "softmax"
             raise UnsupportedModelError(
-                f"{self.sites[index].module_path} made {self._calls} fused attention calls, "
+                f"{self.sites[index].module_path} made {self._calls} {what} calls, "
                 f"expected 1, so its rows cannot be read on the fast path; use extraction='fx'"
             )
         site = self.sites[index]
@@ -157,6 +168,17 @@ class _RowCapture(TorchFunctionMode):
             return None  # let the kernel apply its dropout
         return (full @ _f32(value)).to(value.dtype)
 
+    def _observe_softmax(self, full: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        """Keep the query's row of a (B, H, Q, N) softmax taken over its last dimension."""
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if full.ndim != 4 or dim not in (-1, full.ndim - 1):
+            self._calls += 1  # not an attention softmax over keys: refused in exit_site
+            return
+        full = _f32(full)
+        self.site_rows.append(full[..., self.query_index, :].clone())
+        if self.fusion is not None:
+            self._layer_matrices.append(full)
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
         if len(self.site_rows) != len(self.sites):
@@ -186,7 +208,9 @@ def _capturing(
                 # The rows are read from the fused call, so the site must make it.
                 module.fused_attn = True
                 forced.append(module)
-            handles.append(module.register_forward_pre_hook(lambda *_: capture.enter_site()))
+            handles.append(
+                module.register_forward_pre_hook(lambda *_, index=index: capture.enter_site(index))
+            )
             handles.append(
                 module.register_forward_hook(lambda *_, index=index: capture.exit_site(index))
             )
@@ -199,6 +223,9 @@ def _capturing(
             handle.remove()
         for module in forced:
             module.fused_attn = False
+
+
+_SOFTMAXES = (torch.Tensor.softmax, torch.softmax, F.softmax)
 
 
 def _heads_side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from pytest_vitattn.errors import UnsupportedModelError
 from pytest_vitattn.extract.anatomy import Anatomy
 from pytest_vitattn.maps import rollout_step
 
@@ -47,7 +48,15 @@ def attention_extractor(model: nn.Module, anatomy: Anatomy) -> nn.Module:
     from timm.models import create_feature_extractor
 
     with fused_attention_disabled(model):
-        extractor = create_feature_extractor(model, return_nodes=list(nodes))
+        try:
+            extractor = create_feature_extractor(model, return_nodes=list(nodes))
+        except Exception as error:  # torch.fx raises TraceError, TypeError, AttributeError...
+            raise UnsupportedModelError(
+                f"{type(model).__name__} cannot be traced by torch.fx for extraction='fx' "
+                f"({type(error).__name__}: {_first_line(error)}); this is a limit of the "
+                f"notebook's tracing method, not of the model: extraction='fast' (or 'auto') "
+                f"reads the same rows from the model's own forward pass"
+            ) from None
     _EXTRACTORS[model] = (nodes, extractor)
     return extractor
 
@@ -90,3 +99,8 @@ def fx_cls_rows(
         matrices.clear()
     stacked_rollout = torch.stack(rollout_rows, dim=1).cpu() if rollout_rows else None
     return torch.stack(rows, dim=1).cpu(), stacked_rollout
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else "no message"

@@ -22,11 +22,16 @@ class SiteKind:
     Attributes:
         softmax_node: name, inside the module, of the fx node that outputs the softmax.
         queries: "tokens" (every token queries: self-attention), "class" (only the CLS
-            token queries: CaiT/XCiT class attention) or "latent" (learned pooling queries).
+            token queries: CaiT/XCiT/VOLO class attention) or "latent" (learned pooling
+            queries).
+        call: what the fast path observes while the module runs: "sdpa" (the one
+            ``F.scaled_dot_product_attention`` call, given q, k and bias) or "softmax" (the
+            one softmax over the keys, for modules that have no fused branch).
     """
 
     softmax_node: str
     queries: str
+    call: str = "sdpa"
 
 
 def readable_kinds() -> dict[type, SiteKind]:
@@ -34,8 +39,12 @@ def readable_kinds() -> dict[type, SiteKind]:
     from timm.layers import Attention, AttentionPoolLatent, AttentionRope
     from timm.models.beit import Attention as BeitAttention
     from timm.models.cait import ClassAttn
+    from timm.models.convit import MHSA
     from timm.models.eva import EvaAttention
+    from timm.models.tnt import Attention as TntAttention
     from timm.models.vision_transformer import ParallelScalingBlock
+    from timm.models.vision_transformer_relpos import RelPosAttention
+    from timm.models.volo import ClassAttention as VoloClassAttention
 
     return {
         Attention: SiteKind("attn_drop", "tokens"),
@@ -45,6 +54,10 @@ def readable_kinds() -> dict[type, SiteKind]:
         ParallelScalingBlock: SiteKind("attn_drop", "tokens"),
         ClassAttn: SiteKind("attn_drop", "class"),
         AttentionPoolLatent: SiteKind("softmax", "latent"),
+        RelPosAttention: SiteKind("attn_drop", "tokens"),
+        MHSA: SiteKind("attn_drop", "tokens", "softmax"),
+        TntAttention: SiteKind("attn_drop", "tokens", "softmax"),
+        VoloClassAttention: SiteKind("attn_drop", "class", "softmax"),
     }
 
 
@@ -84,7 +97,7 @@ def site_kind(module: nn.Module, where: str) -> SiteKind:
     raise UnsupportedModelError(
         f"{where} uses {cls_name}, an attention module pytest-vitattn has not been verified "
         f"on, so it refuses rather than risk a wrong map. Readable: timm's Attention (ViT, "
-        f"DeiT, DINOv2), EvaAttention and AttentionRope (EVA, RoPE ViTs), BEiT's Attention, "
-        f"ParallelScalingBlock, CaiT/XCiT "
-        f"class attention and AttentionPoolLatent."
+        f"DeiT, DINOv2, CrossViT, NaFlexViT), EvaAttention and AttentionRope (EVA, RoPE "
+        f"ViTs), BEiT's Attention, RelPosAttention, ParallelScalingBlock, ConViT's MHSA, "
+        f"TNT's Attention, CaiT/XCiT/VOLO class attention and AttentionPoolLatent."
     )
