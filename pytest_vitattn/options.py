@@ -338,8 +338,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse_threads,
         "auto",
         "auto|N",
-        "torch threads during probes (restored after): auto is cores / xdist workers, or "
-        "OMP_NUM_THREADS when set.",
+        "torch threads during probes (restored after): auto is the idle cores / xdist "
+        "workers (at least 1), or OMP_NUM_THREADS when set.",
         in_marker=False,
     ),
 )

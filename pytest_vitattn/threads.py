@@ -2,10 +2,11 @@
 
 torch starts one intra-op thread per core in every process. Under pytest-xdist each worker
 then spins on every core, and on a shared machine a tiny forward pass can take 100x longer
-than with one thread. During a probe the count is set to the cores this process may use
-divided by the xdist workers (at least 1); the user's own code outside probes keeps
-torch's setting. ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` (torch's usual variables) or the
-``threads`` setting override the choice.
+than with one thread (OpenMP threads busy-wait for cores that other processes hold). During
+a probe the count is set to the cores this process may use divided by the xdist workers,
+and lowered to the cores other processes leave idle (1-minute load average), at least 1;
+the user's own code outside probes keeps torch's setting. ``OMP_NUM_THREADS`` /
+``MKL_NUM_THREADS`` (torch's usual variables) or the ``threads`` setting override the choice.
 """
 
 from __future__ import annotations
@@ -25,16 +26,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def probe_threads(setting: int | None, environ: Mapping[str, str] | None = None) -> int | None:
+def probe_threads(
+    setting: int | None,
+    environ: Mapping[str, str] | None = None,
+    load: float | None = None,
+) -> int | None:
     """How many torch threads a probe uses, or None to leave torch's count alone.
 
     Args:
         setting: the ``threads`` setting; None means auto.
         environ: the environment (default ``os.environ``).
+        load: the 1-minute load average (default ``os.getloadavg()``).
 
     Returns:
         ``setting`` when given; None when ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set
-        (torch already honours them); else max(1, usable cores // xdist workers).
+        (torch already honours them); else, with W xdist workers (1 without xdist) and C
+        usable cores: min(C // W, idle // W), at least 1, where idle = C - (load - W) are the
+        cores the other processes leave (the run's own W processes count in the load).
     """
     if setting is not None:
         return setting
@@ -42,7 +50,18 @@ def probe_threads(setting: int | None, environ: Mapping[str, str] | None = None)
     if any(environ.get(name, "").strip() for name in _ENV_VARIABLES):
         return None
     workers = _positive_int(environ.get("PYTEST_XDIST_WORKER_COUNT")) or 1
-    return max(1, usable_cores() // workers)
+    cores = usable_cores()
+    if load is None:
+        load = _load_average()
+    idle = cores - max(0.0, load - workers)
+    return max(1, min(cores // workers, int(idle) // workers))
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return 0.0
 
 
 @contextlib.contextmanager

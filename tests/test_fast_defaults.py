@@ -25,14 +25,19 @@ def _count_forwards(loaded) -> list[int]:
     return calls
 
 
-def test_auto_threads_are_cores_per_xdist_worker_unless_the_environment_says():
+def test_auto_threads_are_idle_cores_per_xdist_worker_unless_the_environment_says():
     cores = usable_cores()
-    assert probe_threads(None, {}) == cores
-    assert probe_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "2"}) == max(1, cores // 2)
-    assert probe_threads(None, {"PYTEST_XDIST_WORKER_COUNT": str(cores * 4)}) == 1
+    assert probe_threads(None, {}, load=0.0) == cores
+    assert probe_threads(None, {}, load=1.0) == cores  # the run's own process
+    xdist = {"PYTEST_XDIST_WORKER_COUNT": "2"}
+    assert probe_threads(None, xdist, load=2.0) == max(1, cores // 2)
+    assert probe_threads(None, {"PYTEST_XDIST_WORKER_COUNT": str(cores * 4)}, load=0) == 1
+    # other processes keep the cores busy: one thread, not threads that spin waiting
+    assert probe_threads(None, {}, load=cores + 5.0) == 1
+    assert probe_threads(None, xdist, load=cores + 5.0) == 1
     assert probe_threads(None, {"OMP_NUM_THREADS": "3"}) is None  # torch already honours it
     assert probe_threads(None, {"MKL_NUM_THREADS": "1"}) is None
-    assert probe_threads(2, {"OMP_NUM_THREADS": "3"}) == 2  # the setting wins
+    assert probe_threads(2, {"OMP_NUM_THREADS": "3"}, load=9.0) == 2  # the setting wins
 
 
 def test_threads_are_set_during_the_probe_and_restored_after():
