@@ -28,6 +28,7 @@ from pytest_vitattn.errors import (
 PRETRAINED = "pretrained"
 RANDOM = "random"
 DEFAULT_MODEL = "vitattn_tiny_shapes"
+OWN_MODULE_PREFIX = "module:"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
@@ -61,7 +62,14 @@ class ModelSpec:
         """The model as users name it: the timm name, or the factory."""
         return self.factory or self.name
 
+    @property
+    def is_own_module(self) -> bool:
+        """A module the user built (factory or ``vitattn_module``), not a timm name."""
+        return bool(self.factory) or self.name.startswith(OWN_MODULE_PREFIX)
+
     def describe_weights(self) -> str:
+        if self.is_own_module and self.weights in (PRETRAINED, RANDOM):
+            return "as built"
         if self.weights in (PRETRAINED, RANDOM):
             return self.weights
         return Path(self.weights).name
@@ -471,7 +479,7 @@ def _first_lines(text: str, count: int = 6) -> str:
 
 
 def _weights_id(spec: ModelSpec, model: Any) -> str:
-    if spec.factory or not isinstance(spec.name, str) or spec.name.startswith("module:"):
+    if spec.is_own_module:
         return f"module:{module_digest(model)}"
     if spec.weights == RANDOM:
         return "random-init"

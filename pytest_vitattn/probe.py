@@ -131,6 +131,12 @@ class Probe:
         fusion = self.rollout if rollout is _UNSET else _checked_rollout(rollout)
         if self.refresh_context is not None:
             self.context = self.refresh_context()
+        # Preprocessing (resize) runs torch ops too: the whole probe gets the thread count.
+        with torch_threads(self.threads):
+            results = self._probe(sources, fusion)
+        return results[0] if single else results
+
+    def _probe(self, sources: list[Any], fusion: str | None) -> list[CLSAttention]:
         displays, geometries = zip(*(self._display(source) for source in sources), strict=True)
         pixels = self.preprocessing.normalise(torch.stack(displays))
         device = next(self.loaded.model.parameters()).device
@@ -140,11 +146,10 @@ class Probe:
         later = None
         if fusion is not None and not self.eager_rollout and self.loaded.anatomy.has_rollout:
             later = _LazyRollout(self, pixels, fusion, extraction.layout)
-        results = [
+        return [
             self._result(extraction, index, source, displays[index], geometries[index], later)
             for index, source in enumerate(sources)
         ]
-        return results[0] if single else results
 
     def _extract(self, pixels: torch.Tensor, fusion: str | None) -> Extraction:
         with torch_threads(self.threads):

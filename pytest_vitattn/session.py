@@ -132,7 +132,7 @@ class VitattnSession:
     def loaded_for(self, item: pytest.Item, settings: TestSettings, module: Any = None) -> Any:
         """The test's ``LoadedModel``: the ``vitattn_module`` fixture's module, or by spec."""
         if module is None:
-            return self.models.get(settings.spec())
+            return self._load(settings)
         chosen = sorted(_MODEL_KEYS & set(self._marker_values(item)))
         if chosen:
             raise VitAttnError(
@@ -141,14 +141,21 @@ class VitattnSession:
             )
         return self.adopt(module, settings.device)
 
+    def _load(self, settings: TestSettings) -> Any:
+        from pytest_vitattn.threads import probe_threads, torch_threads
+
+        # Building a model (weight init, loading) is the plugin's work, as a probe is.
+        with torch_threads(probe_threads(settings.threads)):
+            return self.models.get(settings.spec())
+
     def adopt(self, module: Any, device: str) -> Any:
         """A ``LoadedModel`` for a user's module, checked once per module object."""
-        from pytest_vitattn.models import ModelSpec, adopt_module
+        from pytest_vitattn.models import OWN_MODULE_PREFIX, ModelSpec, adopt_module
 
         cached = self._adopted.get(id(module))
         if cached is not None and cached[0] is module:
             return cached[1]
-        spec = ModelSpec(f"module:{type(module).__name__}", "pretrained", device)
+        spec = ModelSpec(f"{OWN_MODULE_PREFIX}{type(module).__name__}", "pretrained", device)
         loaded = adopt_module(module, spec)
         self._adopted[id(module)] = (module, loaded)  # the module is kept, so its id stays
         return loaded
@@ -157,11 +164,12 @@ class VitattnSession:
         """A probe for module- or session-scoped fixtures (the ``vitattn_probe`` factory).
 
         Settings come from the CLI, ini and ``settings`` (marker keywords), not from test
-        markers. Records go to the test that is running when an image is probed.
+        markers; relative weights paths resolve against the rootdir. Records go to the test
+        that is running when an image is probed.
         """
         values = self._merged(dict(self.run_settings), settings, Path(str(self.config.rootpath)))
         test_settings = TestSettings(**values)
-        loaded = self.models.get(test_settings.spec())
+        loaded = self._load(test_settings)
         probe = self._probe(loaded, test_settings, self.shared_context())
         probe.refresh_context = self.shared_context
         return probe

@@ -195,6 +195,7 @@ def test_an_own_module_is_probed_like_a_timm_model():
     model.pretrained_cfg = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     loaded = adopt_module(model, ModelSpec("module:VisionTransformer"))
     assert loaded.weights_id.startswith("module:") and len(loaded.weights_id) == 19
+    assert loaded.describe()["weights"] == "as built"
     attn = Probe(loaded)(torch.rand(3, 64, 64))
     assert (attn.num_layers, attn.num_heads, attn.grid) == (2, 2, (8, 8))
 
