@@ -2,16 +2,19 @@
 
 Usage::
 
-    python benchmarks/bench_suite_defaults.py [--tests 30] [--rounds 2] [--img-size 384]
+    python benchmarks/bench_suite_defaults.py [--tests 30] [--rounds 2] [--before DIR]
 
 Generates a suite of ``--tests`` tests in a temporary directory, each probing one image with
-``deit_tiny_patch16_224`` (random weights, ``img_size`` 384: 577 tokens) and checking the
-last layer's mean map, as a user's suite would. Then runs it, in fresh pytest processes:
+``vit_tiny_patch16_384`` (random weights, 577 tokens) and checking the last layer's mean
+map, as a user's suite would. Then runs it, in fresh pytest processes:
 
 * default: nothing set (no ``OMP_NUM_THREADS``, no vitattn options): the plugin picks the
   probe threads (cores / xdist workers) and skips rollout, which no test asks for;
 * hand-tuned: ``OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 --vitattn-threads=1
   --vitattn-rollout=none``, the best a user could set by hand;
+
+* before (with ``--before DIR``): the defaults of another checkout of the package, e.g.
+  ``git archive <commit> pytest_vitattn | tar -x -C DIR``, put first on ``PYTHONPATH``;
 
 each serially and with ``-n 2`` (pytest-xdist). Rounds are interleaved so that a change of
 load on a shared machine hits every configuration alike; medians of wall-clock seconds are
@@ -36,9 +39,7 @@ TEST_FILE = """
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.vitattn(
-    model="deit_tiny_patch16_224", weights="random", model_kwargs={{"img_size": {size}}}
-)
+pytestmark = pytest.mark.vitattn(model="vit_tiny_patch16_{size}", weights="random")
 
 
 @pytest.mark.parametrize("seed", range({count}))
@@ -80,8 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--img-size", type=int, default=384)
+    parser.add_argument("--img-size", type=int, default=384, choices=(224, 384))
+    parser.add_argument("--before", type=Path, default=None, metavar="DIR")
     args = parser.parse_args()
+    configs = dict(CONFIGS)
+    if args.before is not None:
+        configs["before"] = ({"PYTHONPATH": str(args.before.resolve())}, [])
 
     times: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -90,7 +95,7 @@ def main() -> None:
         (suite / "test_suite.py").write_text(TEST_FILE.format(count=args.tests, size=args.img_size))
         for round_index in range(args.rounds):
             for workers in (1, 2):
-                for name, (env_extra, options) in CONFIGS.items():
+                for name, (env_extra, options) in configs.items():
                     seconds = run_suite(suite, env_extra, options, workers)
                     times.setdefault((name, workers), []).append(seconds)
                     print(
@@ -101,7 +106,7 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in times.items()}
     load = os.getloadavg()[0]
     print(
-        f"{args.tests} tests, deit_tiny img_size {args.img_size}, {os.cpu_count()} CPUs, "
+        f"{args.tests} tests, vit_tiny_patch16_{args.img_size}, {os.cpu_count()} CPUs, "
         f"{args.rounds} interleaved rounds (median), 1-min load at the end {load:.1f}\n"
     )
     print("| run | default (s) | hand-tuned (s) | default / hand-tuned |")
@@ -109,7 +114,11 @@ def main() -> None:
     for workers, label in ((1, "serial"), (2, "-n 2")):
         default, tuned = median[("default", workers)], median[("hand-tuned", workers)]
         print(f"| {label} | {default:.1f} | {tuned:.1f} | {default / tuned:.2f}x |")
-    for name in CONFIGS:
+    if "before" in configs:
+        for workers, label in ((1, "serial"), (2, "-n 2")):
+            before, default = median[("before", workers)], median[("default", workers)]
+            print(f"\n{label}: before {before:.1f} s, default / before = {default / before:.2f}x")
+    for name in configs:
         ratio = median[(name, 2)] / median[(name, 1)]
         print(f"\n{name}: -n 2 / serial = {ratio:.2f}x", end="")
     print()
