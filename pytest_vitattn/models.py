@@ -332,9 +332,19 @@ def _create_pretrained(spec: ModelSpec, timm: Any, kwargs: dict[str, Any]) -> An
         if hub.cached_files(source) is not None:
             # Everything is in the local cache: no network at all, not even a freshness check.
             with hub.offline():
-                return _pretrained_or_error(name, timm, kwargs)
-        if hub.is_offline() or not hub.hub_reachable():
+                model = _pretrained_or_error(name, timm, kwargs)
+        elif hub.is_offline() or not hub.hub_reachable():
             raise hub.unreachable_error(name, source, hub.hub_state())
+        else:
+            model = _pretrained_or_error(name, timm, kwargs)
+        files = hub.cached_files(source)  # downloaded by now
+        if files is not None:
+            weights = next(path for key, path in files.items() if key in hub.WEIGHT_FILES)
+            shapes = checkpoints.tensor_shapes(Path(weights))
+            _check_position_embeddings(
+                spec, f"{source.repo_id} ({Path(weights).name})", shapes, model
+            )
+        return model
     return _pretrained_or_error(name, timm, kwargs)
 
 
@@ -396,7 +406,7 @@ def _create_from_file(
                 "plain state_dict (safetensors preferred)"
             ) from exc
         raise WeightsError(f"weights file {path} could not be loaded: {exc}") from exc
-    _check_position_embeddings(spec, path, shapes, model)
+    _check_position_embeddings(spec, path.name, shapes, model)
     return model
 
 
@@ -443,7 +453,7 @@ def _pretrained_cfg(name: str, timm: Any) -> dict[str, Any]:
 
 
 def _check_position_embeddings(
-    spec: ModelSpec, path: Path, shapes: dict[str, tuple[int, ...]], model: Any
+    spec: ModelSpec, source: str, shapes: dict[str, tuple[int, ...]], model: Any
 ) -> None:
     """Warn (or, with ``spec.strict``, refuse) when timm resampled the position embeddings."""
     saved = shapes.get("pos_embed")
@@ -459,7 +469,7 @@ def _check_position_embeddings(
     if patch is not None and int(side**0.5) ** 2 == side:
         trained = f" (model_kwargs img_size={int(side**0.5) * int(patch[0])} matches the file)"
     message = (
-        f"{path.name} holds position embeddings for a {before} patch grid, {spec.name} has "
+        f"{source} holds position embeddings for a {before} patch grid, {spec.name} has "
         f"{after}: timm resampled them from {before} to {after} (bicubic interpolation), so "
         f"the maps come from interpolated, not trained, position embeddings{trained}"
     )

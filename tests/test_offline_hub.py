@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from pytest_vitattn.errors import ModelLoadError
+from pytest_vitattn.errors import ModelLoadError, WeightsError
 from pytest_vitattn.models import ModelSpec, load_model
 
 DEIT = "deit_tiny_patch16_224"
@@ -59,6 +59,21 @@ def test_pretrained_weights_in_the_hub_cache_load_with_no_network(hub_cache, dei
         assert torch.equal(value, deit_state[key]), key
     assert loaded.weights_id == "timm:deit_tiny_patch16_224.fb_in1k"
     assert constants.HF_HUB_OFFLINE is False  # offline only during the load
+
+
+def test_cached_weights_resampled_to_another_img_size_warn(hub_cache, deit_state):
+    from pytest_vitattn.errors import VitattnWarning
+
+    _cached_repo(hub_cache, DEIT_REPO, {"model.safetensors": lambda p: save_file(deit_state, p)})
+    with pytest.warns(VitattnWarning) as caught:
+        loaded = load_model(ModelSpec(DEIT, "pretrained", kwargs=(("img_size", 384),)))
+    assert str(caught[0].message).startswith(
+        f"{DEIT_REPO} (model.safetensors) holds position embeddings for a 14x14 patch grid, "
+        f"{DEIT} has 24x24: timm resampled them from 14x14 to 24x24"
+    )
+    assert loaded.data_config["input_size"] == (3, 384, 384)
+    with pytest.raises(WeightsError, match="strict_weights is on"):
+        load_model(ModelSpec(DEIT, "pretrained", kwargs=(("img_size", 384),), strict=True))
 
 
 def test_missing_weights_with_no_network_fail_in_seconds_saying_what_to_do(hub_cache):

@@ -135,12 +135,13 @@ def test_show_reproduces_the_notebook_grid_for_deit_tiny(tmp_path, photo_file):
         interpolation=model.pretrained_cfg["interpolation"],
     )
     assert notebook.shape == (12, 3, 14, 14)  # the notebook's 12 x 3 grid
-    saved = np.load(tmp_path / "maps.npz")
+    with np.load(tmp_path / "maps.npz") as saved:
+        maps, rollout = saved["maps"], saved["rollout"]
     renormalised = notebook / notebook.sum(axis=(-2, -1), keepdims=True)
-    np.testing.assert_allclose(saved["maps"], renormalised, rtol=0, atol=1e-6)
-    assert saved["rollout"].shape == (12, 14, 14)
+    np.testing.assert_allclose(maps, renormalised, rtol=0, atol=1e-6)
+    assert rollout.shape == (12, 14, 14)
 
-    rendered = rendered_levels(tmp_path / "grid.png", saved["maps"], rollout=True)
+    rendered = rendered_levels(tmp_path / "grid.png", maps, rollout=True)
     expected = expected_levels(notebook)
     # imshow's colours, quantised: equal except where float noise crosses a level boundary
     assert np.abs(rendered - expected).max() <= 1
