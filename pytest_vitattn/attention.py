@@ -64,9 +64,12 @@ class CLSAttention:
         report_hint: Callable[[AttentionRecord], str] | None = None,
         baselines: Any = None,
         strict_masks: bool = False,
+        rollout_source: Callable[[], torch.Tensor | None] | None = None,
     ) -> None:
         self.maps = maps
         self.rollout_maps = rollout_maps
+        # Computes rollout_maps on first use when the probe did not (see Probe.eager_rollout).
+        self._rollout_source = rollout_source
         self.prefix_share = prefix_share
         self.geometry = geometry
         self.preprocessing = preprocessing
@@ -112,6 +115,9 @@ class CLSAttention:
     @user_facing
     def rollout(self, layer: int = -1) -> AttentionMap:
         """Attention rollout up to ``layer`` (Abnar & Zuidema 2020), on the patch grid."""
+        if self.rollout_maps is None and self._rollout_source is not None:
+            self.rollout_maps = self._rollout_source()
+            self._rollout_source = None
         if self.rollout_maps is None:
             raise AttentionValueError(
                 "attention rollout was not computed for this probe: it was switched off "

@@ -66,3 +66,7 @@ def user_facing(function: Callable[P, R]) -> Callable[P, R]:
             raise error.with_traceback(None) from None
 
     return wrapper
+
+
+class VitattnWarning(UserWarning):
+    """Something was loaded that works but may not be what was meant (e.g. resampled weights)."""

@@ -8,6 +8,7 @@ Precedence: marker > command line > ini file > default. No torch or timm here.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ DEFAULT_REPORT = "vitattn-report/report.html"
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# timm's own hub prefix: hf-hub:<org>/<repo>[@revision] (not transformers' models).
+_HF_HUB_NAME = re.compile(r"^hf[-_]hub:[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+)?$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# Arguments the plugin itself passes to timm.create_model: set them through weights=.
+_RESERVED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -34,9 +40,10 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def parse_model(value: str) -> str:
     value = value.strip()
-    if not _MODEL_NAME.match(value):
+    if not (_MODEL_NAME.match(value) or _HF_HUB_NAME.match(value)):
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a timm model name (letters, digits, '_', '.', '-')"
+            f"{value!r} is not a timm model name (letters, digits, '_', '.', '-') "
+            "or a timm hub name (hf-hub:org/repo)"
         )
     return value
 
@@ -104,6 +111,95 @@ def parse_directory(value: str) -> str:
     if not value:
         raise argparse.ArgumentTypeError("the baseline directory must be a non-empty path")
     return value
+
+
+def parse_model_kwargs(value: str | Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    """``"num_classes=5,img_size=384"`` (or a dict) as sorted, hashable (key, value) pairs.
+
+    Values are Python literals (``5``, ``0.1``, ``True``, ``None``, ``(384, 384)``); anything
+    else is a string (``global_pool=token``). ``""`` or ``"none"`` means no keyword arguments.
+    """
+    if isinstance(value, Mapping):
+        items = [(str(key), _frozen(item)) for key, item in value.items()]
+    else:
+        text = str(value).strip()
+        if text.lower() in ("", "none"):
+            return None
+        items = [_kwarg_item(part) for part in _split_top_level(text)]
+    keys = [key for key, _ in items]
+    for key in keys:
+        if not key.isidentifier():
+            raise argparse.ArgumentTypeError(f"{key!r} is not a keyword argument name")
+        if key in _RESERVED_KWARGS:
+            raise argparse.ArgumentTypeError(
+                f"{key!r} is set by the plugin; choose weights with weights=pretrained|random|PATH"
+            )
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"model kwarg(s) given twice: {', '.join(repeated)}")
+    return tuple(sorted(items)) or None
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _kwarg_item(part: str) -> tuple[str, Any]:
+    key, sep, raw = part.partition("=")
+    if not sep or not key.strip() or not raw.strip():
+        raise argparse.ArgumentTypeError(
+            f"{part!r} is not KEY=VALUE (e.g. num_classes=5,img_size=384)"
+        )
+    raw = raw.strip()
+    word = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
+    if word is not raw:
+        return key.strip(), word
+    try:
+        literal = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        literal = raw  # a bare word such as global_pool=token
+    return key.strip(), _frozen(literal)
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"model kwarg value {value!r} is a {type(value).__name__}; use numbers, strings, "
+        "booleans, None or tuples of them"
+    )
+
+
+def parse_factory(value: str) -> str | None:
+    """``"package.module:function"``: a callable that returns your own ``nn.Module``."""
+    value = str(value).strip()
+    if value.lower() in ("", "none"):
+        return None
+    if not _FACTORY.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not 'package.module:function' (the function returns your nn.Module)"
+        )
+    return value
+
+
+def parse_threads(value: str | int) -> int | None:
+    """``auto`` (None: cores / xdist workers, or OMP_NUM_THREADS) or a thread count >= 1."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{value!r} is not 'auto' or a thread count >= 1")
 
 
 @dataclass(frozen=True)
@@ -241,6 +337,39 @@ SETTINGS: tuple[Setting, ...] = (
         "true|false",
         "a mask check that passes although its mask covers more than half of the image "
         "(inverted?) or its value is below chance: warn (false) or fail (true).",
+    ),
+    Setting(
+        "model_kwargs",
+        parse_model_kwargs,
+        None,
+        "KEY=VALUE,...",
+        "keyword arguments for timm.create_model, e.g. 'num_classes=5,img_size=384'; "
+        "num_classes defaults to the weights file's head.",
+    ),
+    Setting(
+        "model_factory",
+        parse_factory,
+        None,
+        "MODULE:FUNCTION",
+        "a function that returns your own nn.Module (called with model_kwargs), probed "
+        "instead of a timm model by name.",
+    ),
+    Setting(
+        "strict_weights",
+        parse_bool,
+        "false",
+        "true|false",
+        "make it an error (not a warning) when timm resamples a checkpoint's position "
+        "embeddings to fit the model.",
+    ),
+    Setting(
+        "threads",
+        parse_threads,
+        "auto",
+        "auto|N",
+        "torch threads during probes (restored after): auto is the idle cores / xdist "
+        "workers (at least 1), or OMP_NUM_THREADS when set.",
+        in_marker=False,
     ),
 )
 

@@ -55,6 +55,15 @@ class _RunHooks:
             pytest.fail(message, pytrace=False)
         return result
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        # Shared probes (vitattn_probe) record into the test that is running.
+        self.session.current_item = item
+        try:
+            return (yield)
+        finally:
+            self.session.current_item = None
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # In the xdist controller this sees the workers' reports: each record arrives once.
         self.session.collect(report)
@@ -89,25 +98,57 @@ class _HtmlHooks:
 
 
 @pytest.fixture
-def vitattn(request: pytest.FixtureRequest) -> Any:
+def vitattn_module() -> Any:
+    """Your own ``nn.Module`` to probe: override this fixture in a conftest.py (any scope).
+
+    The default, None, means the model comes from the settings (``model=``, ``weights=``,
+    ``model_kwargs=``, ``model_factory=``).
+    """
+    return None
+
+
+@pytest.fixture
+def vitattn(request: pytest.FixtureRequest, vitattn_module: Any) -> Any:
     """Probe the test's model: ``attn = vitattn(image)`` returns its CLS attention.
 
     The model comes from ``@pytest.mark.vitattn(model=...)``, ``--vitattn-model``, the
-    ``vitattn_model`` ini key, or the shipped default, and is loaded once per session.
+    ``vitattn_model`` ini key, or the shipped default, and is loaded once per session;
+    or from an overridden ``vitattn_module`` fixture. ``vitattn.using(model=...)`` probes
+    another model in the same test.
     """
     try:
-        return request.config.stash[SESSION_KEY].probe_for(request.node)
+        return request.config.stash[SESSION_KEY].probe_for(request.node, vitattn_module)
     except VitAttnError as error:
         message = f"vitattn: {error}"
     pytest.fail(message, pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def vitattn_probe(pytestconfig: pytest.Config) -> Any:
+    """Probes for module- or session-scoped fixtures: ``probe = vitattn_probe(model=...)``.
+
+    Takes the marker's keywords; CLI and ini settings apply, test markers do not. Records go
+    to the test that is running when an image is probed.
+    """
+    session = pytestconfig.stash[SESSION_KEY]
+
+    def make(**settings: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return session.shared_probe(**settings)
+        except VitAttnError as error:
+            raise error.with_traceback(None) from None
+
+    return make
+
+
 @pytest.fixture
-def vitattn_model(request: pytest.FixtureRequest) -> Any:
+def vitattn_model(request: pytest.FixtureRequest, vitattn_module: Any) -> Any:
     """The ``LoadedModel`` the ``vitattn`` fixture uses in this test (model, data config)."""
     session = request.config.stash[SESSION_KEY]
     try:
-        return session.models.get(session.settings_for(request.node).spec())
+        settings = session.settings_for(request.node)
+        return session.loaded_for(request.node, settings, vitattn_module)
     except VitAttnError as error:
         message = f"vitattn: {error}"
     pytest.fail(message, pytrace=False)

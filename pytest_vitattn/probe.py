@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from pytest_vitattn.attention import CLSAttention
-from pytest_vitattn.errors import ImageError, user_facing
+from pytest_vitattn.errors import ImageError, ModelLoadError, user_facing
 from pytest_vitattn.extract import Extraction, extract_cls_attention
 from pytest_vitattn.images import content_hash, file_name_of, label_of, load_image
 from pytest_vitattn.maps import HEAD_FUSIONS, check_finite, patch_maps, prefix_share
 from pytest_vitattn.models import LoadedModel
 from pytest_vitattn.preprocess import Geometry, Preprocessing
 from pytest_vitattn.records import AttentionRecord
+from pytest_vitattn.threads import torch_threads
 
 _UNSET: Any = object()
 
@@ -41,6 +42,8 @@ class ProbeContext:
             None outside pytest, where ``matches_baseline`` is unavailable.
         strict_masks: mask checks that pass with a mask over half the image or a value
             below chance fail instead of warning.
+        using: makes a probe of another model with the same context (``Probe.using``), or
+            None outside pytest.
     """
 
     nodeid: str = "<probe>"
@@ -49,6 +52,7 @@ class ProbeContext:
     report_hint: Callable[[AttentionRecord], str] | None = None
     baselines: Any = None
     strict_masks: bool = False
+    using: Callable[..., Probe] | None = None
 
 
 class Probe:
@@ -64,6 +68,11 @@ class Probe:
             much as the fx path.
         query_index: prefix token whose attention row is read; default 0, the CLS token.
         context: where records go.
+        threads: torch threads during a probe (restored after), or None to leave torch's
+            setting alone (see ``pytest_vitattn.threads``).
+        eager_rollout: compute rollout in the probe's forward (True), or only when
+            ``attn.rollout()`` first asks for it (False: one more forward then, none if
+            nothing asks).
     """
 
     def __init__(
@@ -75,6 +84,8 @@ class Probe:
         rollout: str | None = "mean",
         query_index: int | None = None,
         context: ProbeContext | None = None,
+        threads: int | None = None,
+        eager_rollout: bool = True,
     ) -> None:
         self.loaded = loaded
         self.preprocessing = Preprocessing.from_data_config(loaded.data_config, preprocess)
@@ -82,6 +93,25 @@ class Probe:
         self.rollout = _checked_rollout(rollout)
         self.query_index = query_index
         self.context = context or ProbeContext()
+        self.threads = threads
+        self.eager_rollout = eager_rollout
+        # Shared probes (the vitattn_probe factory) record into whichever test is running.
+        self.refresh_context: Callable[[], ProbeContext] | None = None
+
+    @user_facing
+    def using(self, **settings: Any) -> Probe:
+        """A probe of another model in the same test, e.g. before/after a retrain.
+
+        Takes the marker's keywords (``model=``, ``weights=``, ``model_kwargs=``,
+        ``model_factory=``, ...); the rest comes from the test's settings. Its records go to
+        the same test and report.
+        """
+        if self.context.using is None:
+            raise ModelLoadError(
+                "Probe.using belongs to the vitattn fixture; outside pytest build another "
+                "Probe(load_model(ModelSpec(...)))"
+            )
+        return self.context.using(**settings)
 
     @user_facing
     def __call__(
@@ -102,26 +132,48 @@ class Probe:
         if not sources:
             raise ImageError("an empty list of images was passed; pass at least one image")
         fusion = self.rollout if rollout is _UNSET else _checked_rollout(rollout)
+        if self.refresh_context is not None:
+            self.context = self.refresh_context()
+        # Preprocessing (resize) runs torch ops too: the whole probe gets the thread count.
+        with torch_threads(self.threads):
+            results = self._probe(sources, fusion)
+        return results[0] if single else results
+
+    def _probe(self, sources: list[Any], fusion: str | None) -> list[CLSAttention]:
         displays, geometries, hashes = zip(
             *(self._display(source) for source in sources), strict=True
         )
         pixels = self.preprocessing.normalise(torch.stack(displays))
         device = next(self.loaded.model.parameters()).device
-        extraction = extract_cls_attention(
-            self.loaded.model,
-            pixels.to(device),
-            method=self.extraction,
-            rollout_fusion=fusion,
-            query_index=self.query_index,
-            anatomy=self.loaded.anatomy,
-        )
-        results = [
+        pixels = pixels.to(device)
+        eager = fusion if self.eager_rollout else None
+        extraction = self._extract(pixels, eager)
+        later = None
+        if fusion is not None and not self.eager_rollout and self.loaded.anatomy.has_rollout:
+            later = _LazyRollout(self, pixels, fusion, extraction.layout)
+        return [
             self._result(
-                extraction, index, source, displays[index], geometries[index], hashes[index]
+                extraction,
+                index,
+                source,
+                displays[index],
+                geometries[index],
+                hashes[index],
+                later,
             )
             for index, source in enumerate(sources)
         ]
-        return results[0] if single else results
+
+    def _extract(self, pixels: torch.Tensor, fusion: str | None) -> Extraction:
+        with torch_threads(self.threads):
+            return extract_cls_attention(
+                self.loaded.model,
+                pixels,
+                method=self.extraction,
+                rollout_fusion=fusion,
+                query_index=self.query_index,
+                anatomy=self.loaded.anatomy,
+            )
 
     def _display(self, source: Any) -> tuple[torch.Tensor, Geometry, str]:
         image = load_image(source)
@@ -135,6 +187,7 @@ class Probe:
         display: torch.Tensor,
         geometry: Geometry,
         image_sha256: str = "",
+        later: _LazyRollout | None = None,
     ) -> CLSAttention:
         layout = extraction.layout
         rows = extraction.rows[index]
@@ -173,6 +226,7 @@ class Probe:
             report_hint=self.context.report_hint,
             baselines=self.context.baselines,
             strict_masks=self.context.strict_masks,
+            rollout_source=None if later is None else later.source(index, record),
         )
 
     def _record_id(self, image_label: str) -> str:
@@ -196,6 +250,33 @@ class Probe:
             "label": names[top] if names and top < len(names) else str(top),
             "probability": round(float(probabilities[top]), 6),
         }
+
+
+class _LazyRollout:
+    """Rollout of a batch computed on first request: one more forward, shared by the batch."""
+
+    def __init__(self, probe: Probe, pixels: torch.Tensor, fusion: str, layout: Any) -> None:
+        self.probe = probe
+        self.pixels = pixels
+        self.fusion = fusion
+        self.layout = layout
+        self.maps: torch.Tensor | None = None
+
+    def source(self, index: int, record: AttentionRecord) -> Callable[[], torch.Tensor | None]:
+        def compute() -> torch.Tensor | None:
+            if self.maps is None:
+                extraction = self.probe._extract(self.pixels, self.fusion)
+                if extraction.rollout is None:
+                    return None
+                self.maps = patch_maps(
+                    extraction.rollout, self.layout.num_prefix_tokens, self.layout.grid
+                )
+                self.pixels = None  # type: ignore[assignment]  (no longer needed)
+            maps = self.maps[index]
+            record.rollout = maps.numpy()
+            return maps
+
+        return compute
 
 
 def _checked_rollout(rollout: str | None) -> str | None:

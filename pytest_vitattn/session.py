@@ -49,9 +49,21 @@ class TestSettings:
     baseline_model: str
     strict_masks: bool = False
     branch: str | int = "primary"
+    model_kwargs: tuple[tuple[str, Any], ...] | None = None
+    model_factory: str | None = None
+    strict_weights: bool = False
+    threads: int | None = None
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.model, self.weights, self.device, self.branch)
+        return ModelSpec(
+            self.model,
+            self.weights,
+            self.device,
+            kwargs=self.model_kwargs or (),
+            factory=self.model_factory,
+            branch=self.branch,
+            strict=self.strict_weights,
+        )
 
 
 class VitattnSession:
@@ -69,14 +81,22 @@ class VitattnSession:
         self.report_files: ReportFiles | None = None
         self.report_error: str | None = None
         self.baseline_policy = _baseline_policy(config, self.run_settings["missing_baselines"])
+        self.current_item: pytest.Item | None = None
+        self._adopted: dict[int, tuple[Any, Any]] = {}
 
     @property
     def is_xdist_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
 
-    def settings_for(self, item: pytest.Item) -> TestSettings:
+    def settings_for(
+        self, item: pytest.Item, overrides: dict[str, Any] | None = None
+    ) -> TestSettings:
         """Merge the test's ``vitattn`` markers (closest wins) over the run settings."""
-        values = dict(self.run_settings)
+        marker_values = {**self._marker_values(item), **(overrides or {})}
+        values = self._merged(dict(self.run_settings), marker_values, Path(str(item.path)).parent)
+        return TestSettings(**values)
+
+    def _marker_values(self, item: pytest.Item) -> dict[str, Any]:
         marker_values: dict[str, Any] = {}
         for marker in reversed(list(item.iter_markers("vitattn"))):
             if marker.args:
@@ -85,32 +105,106 @@ class VitattnSession:
                     "@pytest.mark.vitattn(model='deit_tiny_patch16_224')"
                 )
             marker_values.update(marker.kwargs)
+        return marker_values
+
+    @staticmethod
+    def _merged(values: dict[str, Any], marker_values: dict[str, Any], base: Path) -> dict:
         for key, raw in marker_values.items():
             try:
                 value = parse_marker_value(key, raw)
             except ValueError as error:
                 raise VitAttnError(str(error)) from None
             if SETTINGS_BY_KEY[key].is_path and value not in ("pretrained", "random"):
-                value = str((Path(str(item.path)).parent / value).resolve())
+                value = str((base / value).resolve())
             values[key] = value
-        return TestSettings(**values)
+        return values
 
-    def probe_for(self, item: pytest.Item) -> Any:
-        """A ``Probe`` bound to the test's model, recording into the test's record list."""
-        from pytest_vitattn.probe import Probe, ProbeContext
+    def probe_for(self, item: pytest.Item, module: Any = None, **overrides: Any) -> Any:
+        """A ``Probe`` bound to the test's model, recording into the test's record list.
 
-        settings = self.settings_for(item)
-        loaded = self.models.get(settings.spec())
+        Args:
+            item: the test.
+            module: an ``nn.Module`` from the ``vitattn_module`` fixture, or None.
+            overrides: marker-style settings for ``vitattn.using(...)``.
+        """
+        from pytest_vitattn.probe import ProbeContext
+
+        settings = self.settings_for(item, overrides)
+        loaded = self.loaded_for(item, settings, module)
         context = ProbeContext(
             nodeid=item.nodeid,
-            location=(item.location[0], item.location[1] + 1)
-            if item.location[1] is not None
-            else None,
+            location=_location(item),
             records=item.stash.setdefault(RECORDS_KEY, []),
             report_hint=self._report_hint,
             baselines=self._baselines_for(item, settings),
             strict_masks=settings.strict_masks,
+            using=lambda **more: self.probe_for(item, None, **more),
         )
+        return self._probe(loaded, settings, context)
+
+    def loaded_for(self, item: pytest.Item, settings: TestSettings, module: Any = None) -> Any:
+        """The test's ``LoadedModel``: the ``vitattn_module`` fixture's module, or by spec."""
+        if module is None:
+            return self._load(settings)
+        chosen = sorted(_MODEL_KEYS & set(self._marker_values(item)))
+        if chosen:
+            raise VitAttnError(
+                f"the vitattn_module fixture gives this test its model, and its marker sets "
+                f"{', '.join(chosen)} too; remove one of them"
+            )
+        return self.adopt(module, settings.device)
+
+    def _load(self, settings: TestSettings) -> Any:
+        from pytest_vitattn.threads import probe_threads, torch_threads
+
+        # Building a model (weight init, loading) is the plugin's work, as a probe is.
+        with torch_threads(probe_threads(settings.threads)):
+            return self.models.get(settings.spec())
+
+    def adopt(self, module: Any, device: str) -> Any:
+        """A ``LoadedModel`` for a user's module, checked once per module object."""
+        from pytest_vitattn.models import OWN_MODULE_PREFIX, ModelSpec, adopt_module
+
+        cached = self._adopted.get(id(module))
+        if cached is not None and cached[0] is module:
+            return cached[1]
+        spec = ModelSpec(f"{OWN_MODULE_PREFIX}{type(module).__name__}", "pretrained", device)
+        loaded = adopt_module(module, spec)
+        self._adopted[id(module)] = (module, loaded)  # the module is kept, so its id stays
+        return loaded
+
+    def shared_probe(self, **settings: Any) -> Any:
+        """A probe for module- or session-scoped fixtures (the ``vitattn_probe`` factory).
+
+        Settings come from the CLI, ini and ``settings`` (marker keywords), not from test
+        markers; relative weights paths resolve against the rootdir. Records go to the test
+        that is running when an image is probed.
+        """
+        values = self._merged(dict(self.run_settings), settings, Path(str(self.config.rootpath)))
+        test_settings = TestSettings(**values)
+        loaded = self._load(test_settings)
+        probe = self._probe(loaded, test_settings, self.shared_context())
+        probe.refresh_context = self.shared_context
+        return probe
+
+    def shared_context(self) -> Any:
+        """Where a shared probe's records go now: the running test, if any."""
+        from pytest_vitattn.probe import ProbeContext
+
+        item = self.current_item
+        if item is None:
+            return ProbeContext(nodeid="<vitattn_probe>", report_hint=self._report_hint)
+        return ProbeContext(
+            nodeid=item.nodeid,
+            location=_location(item),
+            records=item.stash.setdefault(RECORDS_KEY, []),
+            report_hint=self._report_hint,
+        )
+
+    def _probe(self, loaded: Any, settings: TestSettings, context: Any) -> Any:
+        from pytest_vitattn.probe import Probe
+        from pytest_vitattn.threads import probe_threads
+
         return Probe(
             loaded,
             preprocess=settings.preprocess,
@@ -118,7 +212,18 @@ class VitattnSession:
             rollout=settings.rollout,
             query_index=_query_index(settings.token, loaded),
             context=context,
+            threads=probe_threads(settings.threads),
+            eager_rollout=self.report_shows_rollout,
         )
+
+    @property
+    def report_shows_rollout(self) -> bool:
+        """Whether a report (ours or pytest-html's) shows every record's rollout column."""
+        return self.report_path is not None or bool(self.config.getoption("htmlpath", None))
+
+    def model_notes(self) -> list[str]:
+        """What loading changed or inferred (e.g. num_classes from a checkpoint's head)."""
+        return [note for loaded in self.models.loaded() for note in loaded.notes]
 
     def _baselines_for(self, item: pytest.Item, settings: TestSettings) -> Any:
         from pytest_vitattn.baseline import BaselineStore
@@ -212,12 +317,14 @@ class VitattnSession:
             self.report_error = f"could not write the report {self.report_path}: {error}"
 
     def report_lines(self) -> list[str]:
-        """What the terminal summary says about the report."""
+        """What the terminal summary says about the loaded models and the report."""
+        notes = [f"vitattn: {note}" for note in self.model_notes()]
         if self.report_error:
-            return [f"vitattn: {self.report_error}"]
+            return [*notes, f"vitattn: {self.report_error}"]
         if self.report_files is None:
-            return []
+            return notes
         return [
+            *notes,
             f"vitattn: attention report ({self.report_files.records} recorded images): "
             f"{self.report_files.html}",
             f"vitattn: numbers for CI: {self.report_files.json}",
@@ -244,6 +351,12 @@ def _failure_key(failure: dict[str, Any]) -> tuple[str, int, str, int]:
 
 
 BASELINES_KEY = pytest.StashKey[Any]()
+# Settings that choose the model; with the vitattn_module fixture they would be ambiguous.
+_MODEL_KEYS = {"model", "weights", "model_kwargs", "model_factory"}
+
+
+def _location(item: pytest.Item) -> tuple[str, int] | None:
+    return (item.location[0], item.location[1] + 1) if item.location[1] is not None else None
 
 
 def _run_settings(config: pytest.Config) -> dict[str, Any]:
