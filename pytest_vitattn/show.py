@@ -47,7 +47,8 @@ def grid_stack(maps: np.ndarray, rollout: np.ndarray | None) -> np.ndarray:
     """The report's grid columns: (layers, heads + 1 [+ 1], grid_h, grid_w)."""
     from pytest_vitattn.report.views import _grid_stack
 
-    return _grid_stack(maps, rollout)
+    # The report's rows may differ in size (multi-stage models); a uniform grid stacks.
+    return np.stack(_grid_stack(maps, rollout))
 
 
 def render_grid_png(
