@@ -62,6 +62,19 @@ def parse_rollout(value: str) -> str | None:
     return _choice("mean", "max", "min")(value)
 
 
+def parse_discard_ratio(value: str | float) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)") from None
+    if not 0.0 <= ratio < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not in [0, 1): it is the share of each layer's fused attention "
+            "entries set to zero before rollout (vit-explain uses 0.9)"
+        )
+    return ratio
+
+
 def parse_token(value: str | int) -> str | int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -161,6 +174,14 @@ SETTINGS: tuple[Setting, ...] = (
         "mean|max|min|none",
         "head fusion for attention rollout, or none to skip it (it costs a full "
         "attention matrix per layer).",
+    ),
+    Setting(
+        "rollout_discard_ratio",
+        parse_discard_ratio,
+        "0",
+        "RATIO",
+        "rollout: share of each layer's fused attention entries zeroed (lowest first, "
+        "never token 0 -> token 0) before it is folded in, as vit-explain's discard_ratio.",
     ),
     Setting(
         "token",

@@ -35,6 +35,7 @@ class TestSettings:
     preprocess: str
     extraction: str
     rollout: str | None
+    rollout_discard_ratio: float
     token: str | int
     tolerance: Tolerance
     baseline_dir: str | None
@@ -104,6 +105,7 @@ class VitattnSession:
             preprocess=settings.preprocess,
             extraction=settings.extraction,
             rollout=settings.rollout,
+            rollout_discard_ratio=settings.rollout_discard_ratio,
             query_index=_query_index(settings.token, loaded),
             context=context,
         )
