@@ -34,6 +34,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def parse_model(value: str) -> str:
     value = value.strip()
+    if value.startswith("hf:"):  # transformers: hf:<repo id> or hf:<save_pretrained dir>
+        if len(value) == 3:
+            raise argparse.ArgumentTypeError(
+                "'hf:' needs a repo id or a directory, e.g. hf:facebook/dinov2-small"
+            )
+        return value
     if not _MODEL_NAME.match(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a timm model name (letters, digits, '_', '.', '-')"

@@ -46,6 +46,8 @@ def describe(model: nn.Module) -> Anatomy:
         UnsupportedModelError: no readable CLS-like attention; the message says why and
             what would work instead.
     """
+    if hasattr(model, "describe_anatomy"):  # a transformers model (pytest_vitattn.hf)
+        return model.describe_anatomy()
     name = type(model).__name__
     if hasattr(model, "blocks_token_only") or hasattr(model, "cls_attn_blocks"):
         return _class_attention(model, name)

@@ -73,7 +73,8 @@ def fx_cls_rows(
         rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None (also when
             the family has no rollout).
     """
-    extractor = attention_extractor(model, anatomy)
+    # transformers models (pytest_vitattn.hf) read their own eager attention instead of fx.
+    extractor = getattr(model, "attention_matrices", None) or attention_extractor(model, anatomy)
     with torch.inference_mode():
         softmaxes = extractor(pixels)
     fusion = rollout_fusion if anatomy.has_rollout else None
