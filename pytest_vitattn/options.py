@@ -138,7 +138,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse_model,
         DEFAULT_MODEL,
         "NAME",
-        "timm model name to probe; default: the shipped vitattn_tiny_shapes.",
+        "timm model name to probe, or hf:REPO_OR_DIR for a transformers model; default: "
+        "the shipped vitattn_tiny_shapes.",
     ),
     Setting(
         "weights",

@@ -114,6 +114,10 @@ def test_rows_equal_the_models_own_eager_attentions(saved, family, method, size)
 def test_distillation_and_register_rows_are_named_from_the_config(saved):
     deit = load_model(ModelSpec(f"hf:{saved['deit-distilled'][1]}"))
     assert dict(deit.anatomy.named_queries) == {"cls": 0, "dist": 1}
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    dist = extract_cls_attention(deit.model, pixels, query_index=1, rollout_fusion=None).rows
+    reference = eager_cls_rows(saved["deit-distilled"][0], pixels, 1)
+    torch.testing.assert_close(dist, reference, atol=1e-6, rtol=0)
     registers = load_model(ModelSpec(f"hf:{saved['dinov2-registers'][1]}"))
     assert registers.anatomy.num_prefix_tokens == 1 + 3
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -280,3 +284,51 @@ except ModelLoadError as error:
     )
     assert "REFUSED: hf: models need the transformers package" in out.stdout
     assert "pip install 'pytest-vitattn[transformers]'" in out.stdout
+
+
+def _tiny_clip_config(cls):
+    text = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    return cls(vision_config=SMALL, text_config={**text, "intermediate_size": 64})
+
+
+OTHER_CLASSES = {
+    "ViTModel": lambda: transformers.ViTModel(transformers.ViTConfig(**SMALL)),
+    "DeiTModel": lambda: transformers.DeiTModel(transformers.DeiTConfig(**SMALL)),
+    "CLIPVisionModelWithProjection": lambda: transformers.CLIPVisionModelWithProjection(
+        transformers.CLIPVisionConfig(**SMALL)
+    ),
+    "CLIPModel": lambda: transformers.CLIPModel(_tiny_clip_config(transformers.CLIPConfig)),
+    "SiglipModel": lambda: transformers.SiglipModel(_tiny_clip_config(transformers.SiglipConfig)),
+}
+
+
+@pytest.mark.parametrize("class_name", list(OTHER_CLASSES))
+def test_the_other_classes_in_the_table(tmp_path, class_name):
+    torch.manual_seed(0)
+    model = OTHER_CLASSES[class_name]().eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_model(ModelSpec(f"hf:{tmp_path}"))
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    extraction = extract_cls_attention(loaded.model, pixels, rollout_fusion=None)
+    vision = getattr(model, "vision_model", model)
+    if class_name == "SiglipModel":
+        assert loaded.anatomy.family == "hf-siglip-pool"
+        assert extraction.rows.shape == (1, 1, 2, 16)
+        return
+    assert loaded.anatomy.family.startswith(("hf-vit", "hf-deit", "hf-clip"))
+    torch.testing.assert_close(extraction.rows, eager_cls_rows(vision, pixels), atol=1e-6, rtol=0)
+
+
+def test_swin_for_classification_is_refused_too(tmp_path):
+    config = transformers.SwinConfig(
+        embed_dim=16, depths=[1, 1], num_heads=[1, 1], image_size=32, patch_size=4, window_size=2
+    )
+    transformers.SwinForImageClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="no CLS token"):
+        load_model(ModelSpec(f"hf:{tmp_path}"))
+
+
+def test_every_row_of_the_readme_table_is_checked_here():
+    from pytest_vitattn.extract.catalog import HF_FAMILIES
+
+    assert {case.check for case in HF_FAMILIES} == {*FAMILIES, "siglip", "swin"}
