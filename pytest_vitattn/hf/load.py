@@ -56,9 +56,9 @@ def load_hf_model(spec: Any) -> Any:
     vision = getattr(model, "vision_model", None)
     if isinstance(vision, transformers.PreTrainedModel):
         model = vision  # CLIPModel / SiglipModel: the vision tower
-    model.set_attn_implementation("sdpa")
     wrapper = HFVision(model)
-    wrapper.anatomy = describe_hf(wrapper)
+    wrapper.anatomy = describe_hf(wrapper)  # refuses unverified models first
+    model.set_attn_implementation("sdpa")  # the fast path reads the SDPA call
     wrapper = wrapper.eval().to(device)
     labels = getattr(model.config, "id2label", None) or {}
     has_head = hasattr(model, "classifier") or hasattr(model, "cls_classifier")
