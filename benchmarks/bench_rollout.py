@@ -11,9 +11,9 @@ over repeats printed (process CPU time with ``--clock cpu``, steadier on a share
 ``--compare-with DIR:PACKAGE`` imports an older copy of this package (e.g. extracted with
 ``git archive <commit> pytest_vitattn`` and renamed) and times its fast path with rollout
 in the same run, so both ratios see the same machine. Peak RSS of one call above the RSS
-before it is read from ``/proc/self/status`` (Linux); run with
-``MALLOC_MMAP_THRESHOLD_=131072`` so that freed blocks go back to the system and RSS follows
-live memory.
+before it is read from ``/proc/self/status`` (Linux) in a child process whose malloc returns
+large blocks to the system on free (``MALLOC_MMAP_THRESHOLD_``), so RSS follows live
+memory; the timings run with the ordinary allocator.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--compare-with", metavar="DIR:PACKAGE")
+    parser.add_argument("--rss-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -83,12 +87,23 @@ def main() -> None:
     with torch.inference_mode():
         for fn in methods.values():
             fn()  # warm-up
+        if args.rss_probe:
+            print(json.dumps({name: peak_rss_mib(fn) for name, fn in methods.items()}))
+            return
         ratios: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(args.repeats):
             for name, fn in methods.items():
                 plain = timed(methods["plain forward"])
                 ratios[name].append(1.0 if name == "plain forward" else timed(fn) / plain)
-        peaks = {name: peak_rss_mib(fn) for name, fn in methods.items()}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    child = subprocess.run(
+        [sys.executable, __file__, *sys.argv[1:], "--rss-probe"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    peaks = json.loads(child.stdout.strip().splitlines()[-1])
     print(
         f"torch {torch.__version__}, vit_base_patch16_224 at 512 px (1,025 tokens), batch 2, "
         f"{args.threads} thread(s), {args.clock} clock, median of {args.repeats} paired "
