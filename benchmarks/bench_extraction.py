@@ -22,6 +22,8 @@ Methods, each a complete extraction of one batch:
 * ``vitattn fast``: this project's fast path, no rollout (``--vitattn-rollout=none``).
 * ``vitattn fast + rollout``: the fast path with mean-fusion rollout (the plugin default);
   rollout needs every layer's full matrix, computed from q and k one layer at a time.
+* ``vitattn fast + rollout, discard 0.9``: the same with vit-explain's ``discard_ratio=0.9``
+  (``--vitattn-rollout-discard-ratio=0.9``): the lowest 90% of each fused matrix zeroed.
 
 Timing: graphs are traced and every method warmed up first. Each repeat then runs every
 method right after a plain forward of its own; ``x plain forward`` is the median over repeats
@@ -75,6 +77,7 @@ METHODS = (
     "vitattn fx",
     "vitattn fast",
     "vitattn fast + rollout",
+    "vitattn fast + rollout, discard 0.9",
 )
 BATCH = 2
 
@@ -100,14 +103,17 @@ def runner(model: nn.Module, method: str) -> Runner:
     if method == "timm AttentionExtract":
         timm_extract = timm.utils.AttentionExtract(fused_off_copy(model), method="fx")
         return lambda x: list(timm_extract(x).values())
-    path, rollout = {
-        "vitattn fx": ("fx", None),
-        "vitattn fast": ("fast", None),
-        "vitattn fast + rollout": ("fast", "mean"),
+    path, rollout, discard = {
+        "vitattn fx": ("fx", None, 0.0),
+        "vitattn fast": ("fast", None, 0.0),
+        "vitattn fast + rollout": ("fast", "mean", 0.0),
+        "vitattn fast + rollout, discard 0.9": ("fast", "mean", 0.9),
     }[method]
 
     def ours(x: torch.Tensor) -> list[torch.Tensor]:
-        extraction = extract_cls_attention(model, x, method=path, rollout_fusion=rollout)
+        extraction = extract_cls_attention(
+            model, x, method=path, rollout_fusion=rollout, rollout_discard_ratio=discard
+        )
         return [t for t in (extraction.rows, extraction.rollout) if t is not None]
 
     return ours

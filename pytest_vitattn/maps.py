@@ -76,11 +76,15 @@ def fuse_heads(maps: torch.Tensor, how: str, dim: int = -3) -> torch.Tensor:
 
 
 def rollout_step(
-    running: torch.Tensor | None, attention: torch.Tensor, head_fusion: str = "mean"
+    running: torch.Tensor | None,
+    attention: torch.Tensor,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
 ) -> torch.Tensor:
     """Fold one layer into attention rollout (Abnar & Zuidema, 2020).
 
-    The layer's heads are fused first, the residual connection is modelled by adding the
+    The layer's heads are fused first, the lowest ``discard_ratio`` share of the fused
+    matrix is zeroed (``discard_lowest``), the residual connection is modelled by adding the
     identity, rows are renormalised, and the result is multiplied onto the running product:
     ``R_l = normalise(0.5 * A_l + 0.5 * I) @ R_{l-1}`` with ``R_0 = I``.
 
@@ -88,22 +92,120 @@ def rollout_step(
         running: (B, N, N) rollout after the previous layers, or None before the first.
         attention: (B, H, N, N) softmax attention of this layer.
         head_fusion: "mean", "max" or "min".
+        discard_ratio: share of each fused matrix's entries set to zero, in [0, 1).
 
     Returns:
         (B, N, N) float32 rollout after this layer.
     """
-    if head_fusion == "mean":
-        fused = attention.float().mean(dim=1)
-    elif head_fusion == "max":
-        fused = attention.float().amax(dim=1)
-    elif head_fusion == "min":
-        fused = attention.float().amin(dim=1)
-    else:
-        raise ValueError(f"head fusion {head_fusion!r} is not one of {', '.join(HEAD_FUSIONS)}")
-    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-    layer = 0.5 * fused + 0.5 * eye
-    layer = layer / layer.sum(dim=-1, keepdim=True)
+    return fold_fused(running, fused_heads(attention, head_fusion), discard_ratio)
+
+
+def fold_fused(
+    running: torch.Tensor | None, fused: torch.Tensor, discard_ratio: float = 0.0
+) -> torch.Tensor:
+    """``rollout_step`` for a layer whose heads are already fused.
+
+    Args:
+        running: (B, N, N) rollout after the previous layers, or None before the first.
+        fused: (B, N, N) float32 head-fused attention of this layer; overwritten.
+        discard_ratio: share of the fused matrix's entries set to zero, in [0, 1).
+
+    Returns:
+        (B, N, N) float32 rollout after this layer.
+    """
+    layer = rollout_matrix(fused, discard_ratio)
     return layer if running is None else layer @ running
+
+
+def rollout_matrix(fused: torch.Tensor, discard_ratio: float = 0.0) -> torch.Tensor:
+    """One layer's rollout factor ``A_l = normalise(0.5 * discard(fused) + 0.5 * I)``.
+
+    Args:
+        fused: (B, N, N) float32 head-fused attention; overwritten (it becomes ``A_l``, so
+            no second (B, N, N) buffer is made).
+        discard_ratio: share of its entries set to zero first (``discard_lowest``).
+
+    Returns:
+        (B, N, N) float32, rows sum to 1.
+    """
+    if discard_ratio:
+        fused = discard_lowest(fused, discard_ratio)
+    layer = fused.mul_(0.5)
+    layer.diagonal(dim1=-2, dim2=-1).add_(0.5)
+    return layer.div_(layer.sum(dim=-1, keepdim=True))
+
+
+def rollout_rows(factors: list[torch.Tensor], query_index: int) -> torch.Tensor:
+    """The query's rollout rows after every layer, from the layers' factors.
+
+    Row ``l`` is ``e_q^T A_l A_(l-1) ... A_1``, the query row of ``rollout_step``'s running
+    product, but computed right to left: vectors times matrices, from the last layer down,
+    every pending row multiplied by ``A_j`` in one product. That costs O(L^2 * N^2) instead
+    of the running product's O(L * N^3) (at 1,025 tokens, the (N, N) @ (N, N) products
+    cost more than a sixth of a ViT-B forward pass). The factors must all be kept until
+    the end: memory L x (B, N, N), freed one by one as they are used.
+
+    Args:
+        factors: L tensors (B, N, N) from ``rollout_matrix``, first layer first; the list
+            is emptied.
+        query_index: the query token.
+
+    Returns:
+        (B, L, N) float32.
+    """
+    pending: torch.Tensor | None = None  # (B, k, N): rows of layers j+1 .. L-1 so far
+    while factors:
+        factor = factors.pop()
+        row = factor[:, query_index : query_index + 1, :]
+        pending = row.clone() if pending is None else torch.cat([row, pending @ factor], dim=1)
+        del row, factor
+    if pending is None:
+        raise ValueError("rollout needs at least one layer")
+    return pending
+
+
+def discard_lowest(fused: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Zero the lowest ``ratio`` share of each matrix's entries, as vit-explain does.
+
+    vit-explain (``vit_rollout.py``) flattens the fused (N, N) matrix, takes the
+    ``int(N * N * ratio)`` smallest entries and zeroes them, except flat index 0 (the
+    token-0 -> token-0 entry: CLS -> CLS in a model with a class token), which it never
+    zeroes; when that entry is among the smallest, one entry fewer is zeroed. The same here,
+    for every matrix of the batch. Ties at the threshold are broken by flat index (lowest
+    first), so the result is deterministic. O(N^2) time and memory (a selection, no sort).
+
+    Args:
+        fused: (B, N, N) head-fused attention; not modified.
+        ratio: in [0, 1).
+
+    Returns:
+        (B, N, N) float32 copy with the discarded entries set to 0.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"discard ratio {ratio!r} must be in [0, 1)")
+    batch, tokens = fused.shape[0], fused.shape[-1]
+    count = int(tokens * tokens * ratio)  # vit-explain's count, rounding included
+    flat = fused.reshape(batch, tokens * tokens)
+    if count == 0:
+        return flat.clone().view_as(fused)
+    threshold = flat.kthvalue(count, dim=-1, keepdim=True).values
+    below = flat < threshold
+    ties = flat == threshold
+    wanted_ties = count - below.sum(dim=-1, keepdim=True)
+    drop = below | (ties & (ties.cumsum(dim=-1) <= wanted_ties))
+    drop[:, 0] = False
+    return flat.masked_fill(drop, 0.0).view_as(fused)
+
+
+def fused_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, H, N, N) -> (B, N, N) float32: mean, max or min over the heads (a new tensor)."""
+    if head_fusion == "mean":
+        return attention.float().mean(dim=1)
+    if head_fusion == "max":
+        return attention.float().amax(dim=1)
+    if head_fusion == "min":
+        return attention.float().amin(dim=1)
+    raise ValueError(f"head fusion {head_fusion!r} is not one of {', '.join(HEAD_FUSIONS)}")
 
 
 def upsample(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

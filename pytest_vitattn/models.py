@@ -145,6 +145,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         DeviceError: the device is not available.
         UnsupportedModelError: the model has no CLS token attention.
     """
+    from pytest_vitattn.hf import is_hf_name
+
+    if is_hf_name(spec.name):  # transformers models (optional extra), see pytest_vitattn.hf
+        from pytest_vitattn.hf import load_hf_model
+
+        return load_hf_model(spec)
     import timm
     import torch
 

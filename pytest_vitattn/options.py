@@ -40,6 +40,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def parse_model(value: str) -> str:
     value = value.strip()
+    if value.startswith("hf:"):  # transformers: hf:<repo id> or hf:<save_pretrained dir>
+        if len(value) == 3:
+            raise argparse.ArgumentTypeError(
+                "'hf:' needs a repo id or a directory, e.g. hf:facebook/dinov2-small"
+            )
+        return value
     if not (_MODEL_NAME.match(value) or _HF_HUB_NAME.match(value)):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a timm model name (letters, digits, '_', '.', '-') "
@@ -67,6 +73,19 @@ def parse_rollout(value: str) -> str | None:
     if value == "none":
         return None
     return _choice("mean", "max", "min")(value)
+
+
+def parse_discard_ratio(value: str | float) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)") from None
+    if not 0.0 <= ratio < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not in [0, 1): it is the share of each layer's fused attention "
+            "entries set to zero before rollout (vit-explain uses 0.9)"
+        )
+    return ratio
 
 
 def parse_token(value: str | int) -> str | int:
@@ -239,7 +258,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse_model,
         DEFAULT_MODEL,
         "NAME",
-        "timm model name to probe; default: the shipped vitattn_tiny_shapes.",
+        "timm model name to probe, or hf:REPO_OR_DIR for a transformers model; default: "
+        "the shipped vitattn_tiny_shapes.",
     ),
     Setting(
         "weights",
@@ -281,6 +301,14 @@ SETTINGS: tuple[Setting, ...] = (
         "mean|max|min|none",
         "head fusion for attention rollout, or none to skip it (it costs a full "
         "attention matrix per layer).",
+    ),
+    Setting(
+        "rollout_discard_ratio",
+        parse_discard_ratio,
+        "0",
+        "RATIO",
+        "rollout: share of each layer's fused attention entries zeroed (lowest first, "
+        "never token 0 -> token 0) before it is folded in, as vit-explain's discard_ratio.",
     ),
     Setting(
         "token",

@@ -65,6 +65,14 @@ class Preprocessing:
         """Build from ``timm.data.resolve_model_data_config(model)``."""
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"preprocess mode {mode!r} is not one of {PREPROCESS_MODES}")
+        if mode == "center-crop" and config.get("squash_then_crop"):
+            # transformers processors like DeiT's resize to a square, then crop; the
+            # center-crop mode here keeps the aspect ratio, so it would not be the same.
+            raise ValueError(
+                "this model's image processor resizes to a fixed height and width (aspect "
+                "not kept) before its centre crop, which preprocess='center-crop' does not "
+                "reproduce; use preprocess='resize'"
+            )
         _, height, width = config["input_size"]
         return cls(
             input_size=(int(height), int(width)),

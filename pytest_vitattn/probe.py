@@ -66,6 +66,8 @@ class Probe:
         rollout: head fusion for attention rollout ("mean", "max", "min") or None to skip
             it; rollout needs every layer's full attention matrix, so it costs about as
             much as the fx path.
+        rollout_discard_ratio: share of each layer's fused attention entries zeroed before
+            it is folded into rollout (vit-explain's ``discard_ratio``), in [0, 1).
         query_index: prefix token whose attention row is read; default 0, the CLS token.
         context: where records go.
         threads: torch threads during a probe (restored after), or None to leave torch's
@@ -82,6 +84,7 @@ class Probe:
         preprocess: str = "resize",
         extraction: str = "auto",
         rollout: str | None = "mean",
+        rollout_discard_ratio: float = 0.0,
         query_index: int | None = None,
         context: ProbeContext | None = None,
         threads: int | None = None,
@@ -91,6 +94,9 @@ class Probe:
         self.preprocessing = Preprocessing.from_data_config(loaded.data_config, preprocess)
         self.extraction = extraction
         self.rollout = _checked_rollout(rollout)
+        if not 0.0 <= rollout_discard_ratio < 1.0:
+            raise ValueError(f"rollout_discard_ratio={rollout_discard_ratio!r} must be in [0, 1)")
+        self.rollout_discard_ratio = float(rollout_discard_ratio)
         self.query_index = query_index
         self.context = context or ProbeContext()
         self.threads = threads
@@ -171,6 +177,7 @@ class Probe:
                 pixels,
                 method=self.extraction,
                 rollout_fusion=fusion,
+                rollout_discard_ratio=self.rollout_discard_ratio,
                 query_index=self.query_index,
                 anatomy=self.loaded.anatomy,
             )

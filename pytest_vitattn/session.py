@@ -42,6 +42,7 @@ class TestSettings:
     preprocess: str
     extraction: str
     rollout: str | None
+    rollout_discard_ratio: float
     token: str | int
     tolerance: Tolerance
     baseline_dir: str | None
@@ -210,6 +211,7 @@ class VitattnSession:
             preprocess=settings.preprocess,
             extraction=settings.extraction,
             rollout=settings.rollout,
+            rollout_discard_ratio=settings.rollout_discard_ratio,
             query_index=_query_index(settings.token, loaded),
             context=context,
             threads=probe_threads(settings.threads),

@@ -65,6 +65,7 @@ def extract_cls_attention(
     rollout_fusion: str | None = "mean",
     query_index: int | None = None,
     anatomy: Anatomy | None = None,
+    rollout_discard_ratio: float = 0.0,
 ) -> Extraction:
     """Extract the CLS attention rows of every layer and head for a batch of images.
 
@@ -74,6 +75,9 @@ def extract_cls_attention(
         method: "auto" (the fast path where the family supports it), "fast" (fused
             forward, rows from q and k) or "fx" (the notebook's full-matrix extraction).
         rollout_fusion: head fusion for attention rollout ("mean", "max", "min"), or None.
+        rollout_discard_ratio: share of each fused matrix's entries zeroed before it is
+            folded into rollout, as vit-explain's ``discard_ratio`` (``maps.discard_lowest``);
+            in [0, 1), default 0 (plain rollout).
         query_index: query row to read (a prefix-token index); default the CLS token.
         anatomy: the model's anatomy, if already described.
 
@@ -86,6 +90,8 @@ def extract_cls_attention(
     """
     if method not in METHODS:
         raise ValueError(f"extraction method {method!r} is not one of {', '.join(METHODS)}")
+    if not 0.0 <= rollout_discard_ratio < 1.0:
+        raise ValueError(f"rollout_discard_ratio={rollout_discard_ratio!r} must be in [0, 1)")
     anatomy = anatomy or describe(model)
     pixels = _checked_pixels(model, pixels)
     layout = anatomy.layout(model, (int(pixels.shape[-2]), int(pixels.shape[-1])), query_index)
@@ -93,11 +99,13 @@ def extract_cls_attention(
     with _evaluating(model):
         if use_fast:
             rows, rollout, logits = fast_cls_rows(
-                model, pixels, anatomy, layout.query_index, rollout_fusion
+                model, pixels, anatomy, layout.query_index, rollout_fusion, rollout_discard_ratio
             )
             extraction = Extraction(rows, rollout, logits, layout, "fast")
         else:
-            rows, rollout = fx_cls_rows(model, pixels, anatomy, layout.query_index, rollout_fusion)
+            rows, rollout = fx_cls_rows(
+                model, pixels, anatomy, layout.query_index, rollout_fusion, rollout_discard_ratio
+            )
             extraction = Extraction(rows, rollout, None, layout, "fx")
     if rows.shape[-1] != layout.num_tokens:
         # A wrong grid would silently misplace every map, so this is checked, never assumed.

@@ -2,7 +2,8 @@
 
 ``tests/test_families.py`` runs every row on a tiny random-weight instance and checks the
 claim (maps equal to an independent computation, or the refusal); the README table is printed
-from the same rows::
+from the same rows. ``HF_FAMILIES`` does the same for transformers models (``hf:`` names),
+checked in ``tests/test_hf_models.py``; both tables are printed by::
 
     python -m pytest_vitattn.extract.catalog
 """
@@ -419,6 +420,91 @@ FAMILIES: tuple[FamilyCase, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class HFFamilyCase:
+    """One transformers family (``hf:`` names) and the claim made about it.
+
+    Attributes:
+        family: the family's name in the README.
+        classes: transformers model classes of the family.
+        status: SUPPORTED, "supported (pooling query)" or REFUSED.
+        what: what is read, or why it is refused.
+        check: the key of the tiny model that checks the row in ``tests/test_hf_models.py``.
+    """
+
+    family: str
+    classes: str
+    status: str
+    what: str
+    check: str
+
+
+HF_FAMILIES: tuple[HFFamilyCase, ...] = (
+    HFFamilyCase(
+        "ViT",
+        "`ViTModel`, `ViTForImageClassification`",
+        SUPPORTED,
+        "CLS row of every layer; other input sizes with interpolated position embeddings",
+        "vit",
+    ),
+    HFFamilyCase(
+        "DeiT (distilled)",
+        "`DeiTModel`, `DeiTForImageClassificationWithTeacher`",
+        SUPPORTED,
+        "CLS row (`token='cls'`) or distillation row (`token='dist'`); both dropped from the map",
+        "deit-distilled",
+    ),
+    HFFamilyCase(
+        "DINOv2",
+        "`Dinov2Model`",
+        SUPPORTED,
+        "CLS row of every layer; any input size (position embeddings always interpolated)",
+        "dinov2",
+    ),
+    HFFamilyCase(
+        "DINOv2 with registers",
+        "`Dinov2WithRegistersModel`",
+        SUPPORTED,
+        "CLS row; `config.num_register_tokens` registers dropped from the map; "
+        "`token=1..R` reads a register row",
+        "dinov2-registers",
+    ),
+    HFFamilyCase(
+        "CLIP vision",
+        "`CLIPVisionModel`, `CLIPVisionModelWithProjection`, `CLIPModel` (its vision tower)",
+        SUPPORTED,
+        "CLS row of every layer",
+        "clip-vision",
+    ),
+    HFFamilyCase(
+        "SigLIP vision",
+        "`SiglipVisionModel`, `SiglipModel` (its vision tower)",
+        "supported (fx: the head's own weights)",
+        "the attention-pooling head's query (`head.probe`) over the final tokens, one layer; "
+        "no rollout",
+        "siglip",
+    ),
+    HFFamilyCase(
+        "Swin",
+        "`SwinModel`, `SwinForImageClassification`",
+        REFUSED,
+        "windowed attention, no CLS token",
+        "swin",
+    ),
+)
+
+
+def hf_markdown_table() -> str:
+    """The README table of transformers families, one row per ``HF_FAMILIES`` entry."""
+    lines = [
+        "| Family | transformers classes | Status | What is read |",
+        "|---|---|---|---|",
+    ]
+    for case in HF_FAMILIES:
+        lines.append(f"| {case.family} | {case.classes} | {case.status} | {case.what} |")
+    return "\n".join(lines)
+
+
 def markdown_table() -> str:
     """The README table of families, one row per ``FAMILIES`` entry."""
     lines = [
@@ -432,3 +518,5 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+    print()
+    print(hf_markdown_table())

@@ -67,6 +67,8 @@ def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
         UnsupportedModelError: no readable CLS-like attention; the message says what the
             model has, what it lacks and what would work instead.
     """
+    if hasattr(model, "describe_anatomy"):  # a transformers model (pytest_vitattn.hf)
+        return model.describe_anatomy()
     name = type(model).__name__
     if branch is not None and name != "CrossVit":
         raise UnsupportedModelError(

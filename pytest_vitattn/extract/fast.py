@@ -10,9 +10,12 @@ instead of the O(H * N^2 * D) full matrix; memory: the (B, H, N) rows. The mode 
 only inside the sites, so the rest of the forward pays nothing.
 
 Attention rollout needs every layer's full matrix. With rollout, the site's full softmax is
-computed from the same q and k, serves as the site's output too (``softmax @ v``, so the
-attention is computed once, as in a non-fused forward), is folded into a running (B, N, N)
-product and dropped: memory O(H * N^2) per layer instead of the fx path's O(L * H * N^2).
+computed from the same q and k, in blocks of query rows that stay in the CPU's caches; each
+block serves as the site's output too (``softmax @ v``, so the attention is computed once,
+as in a non-fused forward) and is folded into the layer's (B, N, N) head fusion, then
+dropped. The layer's rollout factor is kept and the query's rollout rows are computed at the
+end, right to left (``maps.rollout_rows``): memory L x (B, N, N) instead of the fx path's
+L x (B, H, N, N), and no (N, N) @ (N, N) products.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from torch.overrides import TorchFunctionMode
 
 from pytest_vitattn.errors import UnsupportedModelError
 from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite
-from pytest_vitattn.maps import rollout_step
+from pytest_vitattn.maps import rollout_matrix, rollout_rows
+
+# Floats in one block of the blocked full attention (8 MiB): of the sizes tried on the
+# project's CPU (0.25 to 64 MiB, ViT-B at 1,025 tokens), 4 to 16 MiB were fastest; smaller
+# blocks pay Python overhead per block, one whole-matrix block runs at memory speed.
+_BLOCK_FLOATS = 1 << 21
 
 
 def fast_cls_rows(
@@ -36,6 +44,7 @@ def fast_cls_rows(
     anatomy: Anatomy,
     query_index: int,
     rollout_fusion: str | None,
+    rollout_discard_ratio: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Extract the query's attention rows during one ordinary (fused) forward pass.
 
@@ -46,6 +55,8 @@ def fast_cls_rows(
         anatomy: the model's anatomy; ``anatomy.fast_path`` must be true.
         query_index: query row to read (0: CLS).
         rollout_fusion: head fusion for attention rollout, or None to skip rollout.
+        rollout_discard_ratio: share of each fused matrix zeroed before it is folded in
+            (``maps.discard_lowest``); 0 keeps every entry.
 
     Returns:
         rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
@@ -57,7 +68,7 @@ def fast_cls_rows(
             f"the fast path does not support the {anatomy.family} family; use extraction='fx'"
         )
     fusion = rollout_fusion if anatomy.has_rollout else None
-    capture = _RowCapture(anatomy.sites, query_index, fusion)
+    capture = _RowCapture(anatomy.sites, query_index, fusion, rollout_discard_ratio)
     with _capturing(model, anatomy.sites, capture), torch.inference_mode():
         output = model(pixels)
     rows, rollout = capture.result()
@@ -69,16 +80,21 @@ class _RowCapture(TorchFunctionMode):
     """Computes query rows from each site's SDPA call; entered only while a site runs."""
 
     def __init__(
-        self, sites: tuple[AttentionSite, ...], query_index: int, fusion: str | None
+        self,
+        sites: tuple[AttentionSite, ...],
+        query_index: int,
+        fusion: str | None,
+        discard_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.query_index = query_index
         self.fusion = fusion
+        self.discard_ratio = discard_ratio
         self.site_rows: list[torch.Tensor] = []
-        self.rollout_rows: list[torch.Tensor] = []
-        self._layer_matrices: list[torch.Tensor] = []
-        self._running: torch.Tensor | None = None
+        self._factors: list[torch.Tensor] = []  # each layer's (B, N, N) rollout factor
+        self._layer_fused: torch.Tensor | None = None  # (B, N, N) head fusion so far
+        self._layer_heads = 0
         self._calls = 0
         self._call = "sdpa"
         self.active = False
@@ -116,11 +132,10 @@ class _RowCapture(TorchFunctionMode):
         site = self.sites[index]
         last_of_layer = index + 1 == len(self.sites) or self.sites[index + 1].layer != site.layer
         if self.fusion is not None and last_of_layer:
-            full = _heads_side_by_side(self._layer_matrices)
-            self._layer_matrices.clear()
-            self._running = rollout_step(self._running, full, self.fusion)
-            # A copy: a view would keep every layer's (B, N, N) product alive.
-            self.rollout_rows.append(self._running[:, self.query_index, :].clone())
+            fused, self._layer_fused = self._layer_fused, None
+            if self.fusion == "mean":
+                fused /= self._layer_heads
+            self._factors.append(rollout_matrix(fused, self.discard_ratio))
 
     def _observe(
         self,
@@ -155,18 +170,70 @@ class _RowCapture(TorchFunctionMode):
             return None
         # Rollout needs the full matrix; computing the site's output from it as well saves
         # the fused kernel from computing the same attention a second time.
-        full = (_f32(query) * scale) @ key.transpose(-2, -1)  # (B, H, Q, N)
+        output = self._full_attention(query, key, value, bias, scale)
+        return None if dropout_p else output  # with dropout, the kernel applies it
+
+    def _full_attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        bias: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """The site's output from its full softmax, computed in blocks of query rows.
+
+        A whole (B, H, N, N) softmax does not fit in the CPU's caches, and every pass over it
+        (q @ k^T, max, exp, sum, divide, @ v) runs at memory speed. Each block here, of all
+        heads and a few query rows (8 MiB), is made, normalised, folded into the head
+        fusion of the layer's (B, N, N) matrix and multiplied by v while it is in cache, then
+        dropped: memory O(N^2) per layer instead of O(H * N^2).
+        """
+        batch, heads, queries, _ = query.shape
+        tokens = key.shape[-2]
+        index = self.query_index
+        scaled = _f32(query) * scale
+        keys_t = key.transpose(-2, -1).contiguous()  # (B, H, D, N), read once per block
+        values = _f32(value).contiguous()
         if bias is not None:
-            full += bias
-        # Softmax in place: one (B, H, Q, N) buffer per site instead of two.
-        full -= full.amax(dim=-1, keepdim=True)
-        full.exp_()
-        full /= full.sum(dim=-1, keepdim=True)
-        self.site_rows.append(full[..., index, :].clone())
-        self._layer_matrices.append(full)
-        if dropout_p:
-            return None  # let the kernel apply its dropout
-        return (full @ _f32(value)).to(value.dtype)
+            bias = bias.expand(batch, heads, queries, tokens)
+        output = torch.empty(
+            batch, heads, queries, values.shape[-1], dtype=torch.float32, device=query.device
+        )
+        rows = torch.empty(batch, heads, tokens, dtype=torch.float32, device=query.device)
+        fused = torch.empty(batch, queries, tokens, dtype=torch.float32, device=query.device)
+        block = max(1, _BLOCK_FLOATS // (heads * tokens))
+        for b in range(batch):
+            for start in range(0, queries, block):
+                stop = min(start + block, queries)
+                logits = scaled[b, :, start:stop] @ keys_t[b]  # (H, block, N)
+                if bias is not None:
+                    logits += bias[b, :, start:stop]
+                probs = logits.softmax(dim=-1)
+                if start <= index < stop:
+                    rows[b] = probs[:, index - start]
+                if self.fusion == "mean":
+                    torch.sum(probs, dim=0, out=fused[b, start:stop])
+                elif self.fusion == "max":
+                    torch.amax(probs, dim=0, out=fused[b, start:stop])
+                else:
+                    torch.amin(probs, dim=0, out=fused[b, start:stop])
+                output[b, :, start:stop] = probs @ values[b]
+        self.site_rows.append(rows)
+        self._add_to_layer(fused, heads)
+        return output.to(value.dtype)
+
+    def _add_to_layer(self, fused: torch.Tensor, heads: int) -> None:
+        """Combine a site's head fusion with the other branches of its layer (if any)."""
+        if self._layer_fused is None:
+            self._layer_fused, self._layer_heads = fused, heads
+        elif self.fusion == "mean":
+            self._layer_fused += fused
+            self._layer_heads += heads
+        elif self.fusion == "max":
+            torch.maximum(self._layer_fused, fused, out=self._layer_fused)
+        else:
+            torch.minimum(self._layer_fused, fused, out=self._layer_fused)
 
     def _observe_softmax(self, full: torch.Tensor, args: tuple, kwargs: dict) -> None:
         """Keep the query's row of a (B, H, Q, N) softmax taken over its last dimension."""
@@ -190,7 +257,7 @@ class _RowCapture(TorchFunctionMode):
         for site, rows in zip(self.sites, self.site_rows, strict=True):
             layers.setdefault(site.layer, []).append(rows)
         stacked = torch.stack([_heads_side_by_side(parts) for parts in layers.values()], dim=1)
-        rollout = torch.stack(self.rollout_rows, dim=1).cpu() if self.rollout_rows else None
+        rollout = rollout_rows(self._factors, self.query_index).cpu() if self._factors else None
         return stacked.cpu(), rollout
 
 

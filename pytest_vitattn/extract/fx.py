@@ -16,7 +16,7 @@ from torch import nn
 
 from pytest_vitattn.errors import UnsupportedModelError
 from pytest_vitattn.extract.anatomy import Anatomy
-from pytest_vitattn.maps import rollout_step
+from pytest_vitattn.maps import fused_heads, rollout_matrix, rollout_rows
 
 _EXTRACTORS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[str, ...], nn.Module]] = (
     weakref.WeakKeyDictionary()
@@ -67,6 +67,7 @@ def fx_cls_rows(
     anatomy: Anatomy,
     query_index: int,
     rollout_fusion: str | None,
+    rollout_discard_ratio: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Extract the query's attention rows by materialising every softmax matrix.
 
@@ -74,30 +75,32 @@ def fx_cls_rows(
         pixels: (B, 3, height, width) normalised model input, on the model's device.
         query_index: query row to read (0: CLS).
         rollout_fusion: head fusion for attention rollout, or None to skip rollout.
+        rollout_discard_ratio: share of each fused matrix zeroed (``maps.discard_lowest``).
 
     Returns:
         rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
         rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None (also when
             the family has no rollout).
     """
-    extractor = attention_extractor(model, anatomy)
+    # transformers models (pytest_vitattn.hf) read their own eager attention instead of fx.
+    extractor = getattr(model, "attention_matrices", None) or attention_extractor(model, anatomy)
     with torch.inference_mode():
         softmaxes = extractor(pixels)
     fusion = rollout_fusion if anatomy.has_rollout else None
     layers: dict[int, list[torch.Tensor]] = {}
     for site in anatomy.sites:
         layers.setdefault(site.layer, []).append(softmaxes.pop(site.fx_node))
-    rows, rollout_rows, running = [], [], None
+    rows, factors = [], []
     for matrices in layers.values():
         # Parallel branches of a layer: their heads side by side. Rows are copied out, so
         # no view keeps a full matrix alive after its layer.
         rows.append(torch.cat([m[:, :, query_index, :].float() for m in matrices], dim=1))
         if fusion is not None:
             attention = matrices[0] if len(matrices) == 1 else torch.cat(matrices, dim=1)
-            running = rollout_step(running, attention, fusion)
-            rollout_rows.append(running[:, query_index, :].clone())
+            fused = fused_heads(attention, fusion)
+            factors.append(rollout_matrix(fused, rollout_discard_ratio))
         matrices.clear()
-    stacked_rollout = torch.stack(rollout_rows, dim=1).cpu() if rollout_rows else None
+    stacked_rollout = rollout_rows(factors, query_index).cpu() if factors else None
     return torch.stack(rows, dim=1).cpu(), stacked_rollout
 
 
