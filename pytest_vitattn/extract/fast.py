@@ -244,7 +244,8 @@ class _RowCapture(TorchFunctionMode):
         full = _f32(full)
         self.site_rows.append(full[..., self.query_index, :].clone())
         if self.fusion is not None:
-            self._layer_matrices.append(full)
+            reduce = {"mean": torch.sum, "max": torch.amax, "min": torch.amin}[self.fusion]
+            self._add_to_layer(reduce(full, dim=1), full.shape[1])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
