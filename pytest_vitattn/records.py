@@ -82,6 +82,9 @@ class AttentionRecord:
         masks: masks used by checks.
         checks: the checks made, in order.
         baseline: {"maps": (L, H, h, w) array, "path": str} when a baseline was compared.
+        randomised: {"maps": (L, H, h, w) array, "first_block", "num_blocks", "label"}: the
+            maps of the same image with the top blocks re-initialised, when a cascading
+            randomisation check ran (see ``pytest_vitattn.sanity``).
         outcome: the test's outcome ("passed", "failed", "xfailed", ...), set after the test.
     """
 
@@ -103,6 +106,7 @@ class AttentionRecord:
     checks: list[CheckResult] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     outcome: str | None = None
+    randomised: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -140,6 +144,7 @@ class AttentionRecord:
             ],
             "checks": [asdict(check) for check in self.checks],
             "baseline": _baseline_to_dict(self.baseline),
+            "randomised": _baseline_to_dict(self.randomised),
             "outcome": self.outcome,
         }
         data["image"] = encode_array(self.image, "uint8") if include_pixels else None
@@ -151,6 +156,12 @@ class AttentionRecord:
         baseline = data.get("baseline")
         if baseline is not None:
             baseline = {**baseline, "maps": decode_array(baseline["maps"]).astype(np.float32)}
+        randomised = data.get("randomised")
+        if randomised is not None:
+            randomised = {
+                **randomised,
+                "maps": decode_array(randomised["maps"]).astype(np.float32),
+            }
         masks = [
             MaskRecord(
                 label=mask["label"],
@@ -184,6 +195,7 @@ class AttentionRecord:
             checks=[CheckResult(**check) for check in data["checks"]],
             baseline=baseline,
             outcome=data.get("outcome"),
+            randomised=randomised,
         )
 
 
