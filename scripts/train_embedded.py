@@ -80,6 +80,7 @@ class TrainConfig:
     eval_every: int = 250
     output_dir: Path = zoo.WEIGHTS_DIR
     checkpoint_dir: Path | None = None
+    init_from: str | None = None
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -217,6 +218,10 @@ def train(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     # Built through timm by name, so training and loading share one architecture definition.
     model = timm.create_model(config.model_name, pretrained=False)
+    if config.init_from is not None:
+        # Fine-tuning: start from a shipped model's weights (a zoo name) instead of random.
+        start = timm.create_model(config.init_from, pretrained=True)
+        model.load_state_dict(start.state_dict())
     model.train()
     # Token labelling head, used in training only and not shipped: see the module docstring.
     token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
@@ -334,6 +339,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--output-dir", type=Path, default=zoo.WEIGHTS_DIR)
     parser.add_argument(
+        "--faithful-init-from",
+        default=None,
+        choices=zoo.MODEL_NAMES,
+        help="start the faithful model from this shipped model's weights (default: random)",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -364,6 +375,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 token_label_weight=args.faithful_token_label_weight,
                 style=args.faithful_style,
                 augment=not args.no_augment,
+                init_from=args.faithful_init_from,
                 **common,
             )
         )
