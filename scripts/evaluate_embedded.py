@@ -1,7 +1,17 @@
 """Evaluates the shipped models on held-out synthetic images and checks their targets.
 
-    python scripts/evaluate_embedded.py            # Markdown table, exit 1 if a target is missed
-    python scripts/evaluate_embedded.py --no-check # table only
+    python scripts/evaluate_embedded.py            # Markdown tables, exit 1 if a target is missed
+    python scripts/evaluate_embedded.py --no-check # tables only
+
+Three parts, each printed as a Markdown table:
+
+1. Stress splits (``stress_splits.py``): the faithful and the brightness model on held-out
+   "varied" images, one split per removed cue, with chance levels and the reachable mass;
+   also per layer. The faithful model's targets are issue 14's (``MIN_STRESS_*`` below).
+2. Cascading randomisation (Adebayo et al. 2018): both models with their blocks
+   re-initialised from the top down (``pytest_vitattn.sanity.randomised_copy``).
+3. The marker shortcut: the faithful and the shortcut model without and with the marker,
+   with issue 3's targets for the shortcut model.
 
 Models load through timm by name (``pretrained=True`` reads the packaged weights, offline).
 Attention is computed here independently of ``pytest_vitattn.extract``: a forward hook on
@@ -13,7 +23,9 @@ Metric definitions (per image, per layer):
     to that grid by area fraction (share of mask pixels in each patch).
     mass on mask = sum(map * mask_fraction)   (Relevance Mass Accuracy with area fractions);
     chance level = mean(mask_fraction) = mask area share;
-    pointing game hit = mask_fraction at the map's argmax patch > 0.
+    pointing game hit = mask_fraction at the map's argmax patch > 0;
+    pointing chance = share of patches with mask_fraction > 0 (a random peak's hit rate);
+    reachable mass = max over patches of mask_fraction (all attention on the best patch).
 """
 
 from __future__ import annotations
