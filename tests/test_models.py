@@ -132,9 +132,7 @@ def test_models_without_cls_token_attention_are_refused(name, reason):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available on this machine")
 def test_cuda_without_cuda_is_a_clear_error():
-    with pytest.raises(
-        DeviceError, match=r"CUDA is not available here .* use --vitattn-device=cpu"
-    ):
+    with pytest.raises(DeviceError, match=r"CUDA is not available here .* use --vitattn-device=cpu"):
         load_model(ModelSpec(TINY, "random", "cuda"))
 
 
