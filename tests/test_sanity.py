@@ -174,3 +174,15 @@ def test_through_the_fixture_trained_models_pass_and_random_weights_fail(pyteste
         assert record["randomised"]["maps"]["shape"] == [6, 3, 8, 8]
     html = (pytester.path / "report.html").read_text(encoding="utf-8")
     assert html.count("Cascading randomisation") == 3
+
+
+def test_the_randomised_maps_survive_the_record_round_trip():
+    from pytest_vitattn.records import AttentionRecord
+
+    attn = Probe(load_model(ModelSpec(zoo.BRIGHTNESS_MODEL)))(EXAMPLE_IMAGE)
+    attn.expect(layer=-1).depends_on_weights()
+    data = json.loads(json.dumps(attn.record.to_dict()))
+    restored = AttentionRecord.from_dict(data).randomised
+    assert restored["label"] == attn.record.randomised["label"]
+    # Stored as float16, like the maps themselves.
+    np.testing.assert_allclose(restored["maps"], attn.record.randomised["maps"], atol=1e-3)

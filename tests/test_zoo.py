@@ -149,3 +149,23 @@ def test_shortcut_model_looks_at_the_marker_not_the_object(models, held_out):
     assert on_object <= 0.5 * faithful_on_object, (
         f"shortcut {on_object:.3f} vs faithful {faithful_on_object:.3f} on the object"
     )
+
+
+def test_brightness_model_is_right_on_bright_images_and_lost_on_dark_objects(models):
+    """The 0.1 model: its own kind of images it classifies and attends to; objects darker
+    than the brightest background patch it neither classifies nor finds."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from stress_splits import SPLITS, build_splits
+
+    model = models[zoo.BRIGHTNESS_MODEL]
+    images, labels, masks = synthetic.make_batch(range(NUM_IMAGES), split="test", style="bright")
+    logits, maps = cls_patch_attention(model, images)
+    assert float((logits.argmax(dim=1).numpy() == labels).mean()) >= 0.95
+    assert mass_on(maps, masks) >= 0.6
+    (darker,) = build_splits(NUM_IMAGES, tuple(s for s in SPLITS if s.name.startswith("object >")))
+    logits, maps = cls_patch_attention(model, darker.images)
+    assert float((logits.argmax(dim=1).numpy() == darker.labels).mean()) <= 0.5
+    assert mass_on(maps, darker.masks) <= 2 * float(darker.masks.mean())
