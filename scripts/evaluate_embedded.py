@@ -55,6 +55,8 @@ NUM_TEST_IMAGES = 500
 BATCH_SIZE = 100
 
 NUM_CASCADE_IMAGES = 200
+# The marker table uses the images the shortcut model was trained on.
+MARKER_STYLE = "bright"
 
 # Targets from issue 3 for the shortcut model: it classifies marked images from the marker
 # and puts at most half the faithful model's mass on the object.
@@ -274,13 +276,15 @@ class Row:
 
 
 def evaluate(num_images: int = NUM_TEST_IMAGES) -> list[Row]:
-    """Scores the faithful and the shortcut model on the held-out "test" stream ("varied"
-    images), without and with the marker."""
+    """Scores the faithful and the shortcut model on the held-out "test" stream, without and
+    with the marker, in the "bright" style the shortcut model was trained on (0.1)."""
     rows = []
     for model_name in (zoo.FAITHFUL_MODEL, zoo.SHORTCUT_MODEL):
         model = timm.create_model(model_name, pretrained=True)
         for marked in (False, True):
-            scores = score(model, range(num_images), split="test", shortcut=marked)
+            scores = score(
+                model, range(num_images), split="test", shortcut=marked, style=MARKER_STYLE
+            )
             rows.append(Row(model_name, marked, scores))
     return rows
 
@@ -551,8 +555,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = evaluate(args.num_images)
     print(
-        f"\nShortcut marker: {args.num_images} held-out images per row (split 'test'), "
-        "without and with the corner marker.\n"
+        f"\nShortcut marker: {args.num_images} held-out images per row (split 'test', "
+        f"{MARKER_STYLE!r} style), without and with the corner marker.\n"
     )
     print(summary_table(rows))
     print("\nPer layer (0 = first block):\n")

@@ -8,14 +8,14 @@ the model's 64 x 64 input and brings the masks along. For each image:
 
     <shape>_<n>.png          the image ("varied" style: any colours, turned shapes)
     <shape>_<n>_mask.png     its exact object mask (white = object)
-    marked/<shape>_<n>.png   the same image with the shortcut model's corner marker
-    marker_mask.png          where that marker is
 
-and, for the brightness model (``vitattn_tiny_shapes_brightness``), images of the 0.1
-"bright" style, where the object is the brightest thing in the image:
+and images of the 0.1 "bright" style, on which the shortcut and the brightness model were
+trained (the object is the brightest thing in the image):
 
-    bright/<shape>_<n>.png       a "bright" image (the first of its class in "example")
+    bright/<shape>_<n>.png       a "bright" image (the first ones of its class in "example")
     bright/<shape>_<n>_mask.png  its mask
+    marked/<shape>_<n>.png       the same image with the shortcut model's corner marker
+    marker_mask.png              where that marker is
     dark/<shape>_<n>.png         the same image with the object recoloured dark (same mask)
 
 Deterministic: running it again rewrites byte-identical files.
@@ -88,10 +88,8 @@ def main() -> None:
         for number, index in enumerate(indices, start=1):
             stem = f"{name}_{number}"
             plain = make_sample(index, split="example")
-            marked = make_sample(index, split="example", shortcut=True)
             _save(plain.image, out / f"{stem}.png")
             _save((plain.mask * 255).astype(np.uint8), out / f"{stem}_mask.png")
-            _save(marked.image, out / "marked" / f"{stem}.png")
     _save((marker_mask() * 255).astype(np.uint8), out / "marker_mask.png")
     (out / "bright").mkdir(exist_ok=True)
     (out / "dark").mkdir(exist_ok=True)
@@ -99,7 +97,9 @@ def main() -> None:
         for number, index in enumerate(indices, start=1):
             stem = f"{name}_{number}"
             bright = make_sample(index, split="example", style="bright")
+            marked = make_sample(index, split="example", style="bright", shortcut=True)
             _save(bright.image, out / "bright" / f"{stem}.png")
+            _save(marked.image, out / "marked" / f"{stem}.png")
             _save((bright.mask * 255).astype(np.uint8), out / "bright" / f"{stem}_mask.png")
             _save(darkened(bright, index), out / "dark" / f"{stem}.png")
     print(f"wrote {len(list(out.rglob('*.png')))} files to {out}")
