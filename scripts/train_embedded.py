@@ -88,6 +88,7 @@ class TrainConfig:
     output_dir: Path = zoo.WEIGHTS_DIR
     checkpoint_dir: Path | None = None
     init_from: str | None = None
+    first_sample: int = 0
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -110,8 +111,9 @@ class Batch:
 
 
 def training_batch(step: int, config: TrainConfig) -> Batch:
-    """Batch ``step`` of the train stream (consecutive sample indices, never repeated)."""
-    start = step * config.batch_size
+    """Batch ``step`` of the train stream (consecutive sample indices from
+    ``config.first_sample``, never repeated within a run)."""
+    start = config.first_sample + step * config.batch_size
     samples = [
         make_sample(
             i,
@@ -352,6 +354,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start the faithful model from this shipped model's weights, or 'random'",
     )
     parser.add_argument(
+        "--faithful-first-sample",
+        type=int,
+        default=0,
+        help="train-stream index of the faithful model's first image (continue past a run)",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -383,6 +391,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 style=args.faithful_style,
                 augment=not args.no_augment,
                 init_from=None if args.faithful_init_from == "random" else args.faithful_init_from,
+                first_sample=args.faithful_first_sample,
                 **common,
             )
         )
