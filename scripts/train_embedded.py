@@ -1,4 +1,4 @@
-"""Trains the two shipped models on synthetic shapes and writes their safetensors weights.
+"""Trains the faithful and the shortcut model on synthetic shapes; writes safetensors weights.
 
     python scripts/train_embedded.py                      # both models, in parallel, 1 thread each
     python scripts/train_embedded.py --model faithful     # one model
@@ -23,8 +23,10 @@ The faithful model (0.2) learns from "varied" images (``pytest_vitattn.synthetic
 nothing but the silhouette marks the object, fine-tuned from the 0.1 weights
 (``--faithful-init-from vitattn_tiny_shapes_brightness``: from scratch it learnt too slowly
 for the CPU budget), with augmentations that keep the class and move the mask along:
-inversion, channel permutation, grayscale, flips and quarter turns. The shortcut model
-stays on the 0.1 "bright" images.
+inversion, channel permutation, grayscale, flips and quarter turns. The shipped weights are
+two runs: the defaults (1,800 steps), then ``--faithful-init-from vitattn_tiny_shapes
+--faithful-first-sample 115200 --faithful-steps 1200 --lr 5e-4`` on the result. The shortcut
+model stays on the 0.1 "bright" images.
 
 Every training image is generated fresh from the "train" seed stream (infinite data);
 progress is measured on the disjoint "val" stream, never on "test".
