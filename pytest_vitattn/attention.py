@@ -65,6 +65,7 @@ class CLSAttention:
         baselines: Any = None,
         strict_masks: bool = False,
         rollout_source: Callable[[], torch.Tensor | None] | None = None,
+        randomiser: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         self.maps = maps
         self.rollout_maps = rollout_maps
@@ -78,6 +79,10 @@ class CLSAttention:
         self._baselines = baselines
         self.strict_masks = strict_masks
         self._masks: dict[Any, ResolvedMask] = {}
+        # first_block -> (L, H, h, w) maps with blocks first_block.. re-initialised; see
+        # pytest_vitattn.sanity (the cascading randomisation check).
+        self.randomiser = randomiser
+        self.randomised_maps: dict[int, torch.Tensor] = {}
 
     @property
     def num_layers(self) -> int:
@@ -258,7 +263,8 @@ class LayerAttention:
     def head(self, index: int) -> AttentionMap:
         resolved = _resolve_index(index, self.num_heads, "head")
         label = f"{self.label}, head {resolved}"
-        return AttentionMap(self.parent, self.maps[resolved], label, _taker(self.index, resolved))
+        taker = _taker(self.index, resolved)
+        return AttentionMap(self.parent, self.maps[resolved], label, taker, layer=self.index)
 
     @user_facing
     def fuse(self, how: str = "mean") -> AttentionMap:
@@ -267,7 +273,8 @@ class LayerAttention:
             raise ValueError(f"fusion {how!r} is not one of {', '.join(HEAD_FUSIONS)}")
         fused = fuse_heads(self.maps, how, dim=0)
         label = f"{self.label}, {how} of {self.num_heads} heads"
-        return AttentionMap(self.parent, fused, label, _taker(self.index, fusion=how))
+        taker = _taker(self.index, fusion=how)
+        return AttentionMap(self.parent, fused, label, taker, layer=self.index)
 
     def mean_heads(self) -> AttentionMap:
         return self.fuse("mean")
@@ -287,6 +294,7 @@ class AttentionMap:
         label: which layer/head/fusion it is, e.g. "layer 11 of 0..11, mean of 3 heads".
         take: takes the same map from other (L, H, h, w) maps, e.g. a baseline's; None for
             rollout, which CLS maps alone cannot reproduce.
+        layer: the layer index (0-based) of a layer's head or fused heads; None for rollout.
     """
 
     def __init__(
@@ -295,11 +303,13 @@ class AttentionMap:
         grid: torch.Tensor,
         label: str,
         take: Callable[[np.ndarray], np.ndarray] | None = None,
+        layer: int | None = None,
     ) -> None:
         self.parent = parent
         self.grid = grid
         self.label = label
         self.take = take
+        self.layer = layer
 
     def __repr__(self) -> str:
         return f"AttentionMap({self.label!r}, grid={tuple(self.grid.shape)})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_vitattn import metrics
+from pytest_vitattn import metrics, sanity
 from pytest_vitattn.attention import AttentionMap, ResolvedMask
 from pytest_vitattn.bounds import Bounds, check_bound, dangers, warn
 from pytest_vitattn.errors import BaselineError, user_facing
@@ -21,6 +21,7 @@ _TITLES = {
     "pointing_game": "pointing game",
     "top_k_iou": "top-k IoU with mask",
     "concentration": "attention concentration (1 - normalised entropy)",
+    "depends_on_weights": "share of attention moved by re-initialising the top blocks",
 }
 
 
@@ -131,6 +132,56 @@ class Expectation:
         op, threshold = ("<=", at_most) if too_high or at_least is None else (">=", at_least)
         holds = not (too_low or too_high)
         return self._conclude("concentration", value, holds, op, threshold, None)
+
+    @user_facing
+    def depends_on_weights(
+        self, at_least: float = sanity.DEFAULT_MIN_MOVED, blocks: int = sanity.DEFAULT_BLOCKS
+    ) -> float:
+        """Re-initialising ``blocks`` blocks up to this map's layer (and all above) moves at
+        least ``at_least`` of its attention: the map shows what the model learnt, not only
+        the input (cascading randomisation, Adebayo et al. 2018; see ``sanity``).
+
+        Returns:
+            The share of attention that moved (total variation distance, 0 to 1).
+        """
+        __tracebackhide__ = True
+        _check_bound("at_least", at_least)
+        result = sanity.randomise(self.map, blocks)
+        holds = result.moved >= at_least
+        message = ""
+        if not holds:
+            headline, rest = self._failure_message(
+                "depends_on_weights", result.moved, ">=", at_least, None, None
+            ).split("\n", 1)
+            message = "\n".join(
+                [
+                    headline,
+                    f"  randomised: {result.randomisation.label}; rank correlation with the "
+                    f"trained map {result.rank_correlation:.3f}",
+                    "  a map that barely moves when the weights are replaced shows the input, "
+                    "not what the model learnt",
+                    rest,
+                ]
+            )
+        self.map.parent.record.checks.append(
+            CheckResult(
+                name="depends_on_weights",
+                value=float(result.moved),
+                passed=bool(holds),
+                op=">=",
+                threshold=at_least,
+                chance=None,
+                selection=self.map.label,
+                message=message,
+                details={
+                    "randomised": result.randomisation.label,
+                    "rank_correlation": round(result.rank_correlation, 6),
+                },
+            )
+        )
+        if not holds:
+            raise AssertionError(message)
+        return result.moved
 
     @user_facing
     def matches_baseline(self, tolerance: Any = None) -> Any:

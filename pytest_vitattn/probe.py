@@ -234,7 +234,40 @@ class Probe:
             baselines=self.context.baselines,
             strict_masks=self.context.strict_masks,
             rollout_source=None if later is None else later.source(index, record),
+            randomiser=lambda first_block: self._randomised_maps(display, first_block, maps),
         )
+
+    def _randomised_maps(
+        self, display: torch.Tensor, first_block: int, maps: torch.Tensor
+    ) -> torch.Tensor:
+        """(L, H, h, w) maps of ``display`` (3, h, w) with blocks ``first_block``.. of the
+        model re-initialised (``sanity.randomised_copy``, cached per model)."""
+        from pytest_vitattn import sanity
+        from pytest_vitattn.errors import AttentionValueError
+
+        model = self.loaded.model
+        blocks = getattr(model, "blocks", None)
+        if blocks is None or len(blocks) != maps.shape[0]:
+            found = "no 'blocks'" if blocks is None else f"{len(blocks)} blocks"
+            raise AttentionValueError(
+                f"the cascading randomisation check re-initialises model.blocks, but "
+                f"{self.loaded.spec.name} has {found} for {maps.shape[0]} attention layers "
+                "(class attention or attention pooling): not supported for this model"
+            )
+        randomised = sanity.randomised_copy(model, first_block)
+        pixels = self.preprocessing.normalise(display[None])
+        extraction = extract_cls_attention(
+            randomised,
+            pixels.to(next(model.parameters()).device),
+            method=self.extraction,
+            rollout_fusion=None,
+            query_index=self.query_index,
+            anatomy=self.loaded.anatomy,
+        )
+        rows = extraction.rows[0].cpu()
+        check_finite(rows, "the CLS attention of the randomised model")
+        layout = extraction.layout
+        return patch_maps(rows, layout.num_prefix_tokens, layout.grid)
 
     def _record_id(self, image_label: str) -> str:
         base = f"{self.context.nodeid}::{image_label}"

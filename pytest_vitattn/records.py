@@ -82,6 +82,9 @@ class AttentionRecord:
         masks: masks used by checks.
         checks: the checks made, in order.
         baseline: {"maps": (L, H, h, w) array, "path": str} when a baseline was compared.
+        randomised: {"maps": (L, H, h, w) array, "first_block", "num_blocks", "label"}: the
+            maps of the same image with the top blocks re-initialised, when a cascading
+            randomisation check ran (see ``pytest_vitattn.sanity``).
         outcome: the test's outcome ("passed", "failed", "xfailed", ...), set after the test.
         image_sha256: SHA-256 of the image's decoded pixels (``images.content_hash``).
         image_file: the image's file name when it came from a file, else None.
@@ -107,6 +110,7 @@ class AttentionRecord:
     outcome: str | None = None
     image_sha256: str = ""
     image_file: str | None = None
+    randomised: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -144,6 +148,7 @@ class AttentionRecord:
             ],
             "checks": [asdict(check) for check in self.checks],
             "baseline": _baseline_to_dict(self.baseline),
+            "randomised": _baseline_to_dict(self.randomised),
             "outcome": self.outcome,
             "image_sha256": self.image_sha256,
             "image_file": self.image_file,
@@ -157,6 +162,12 @@ class AttentionRecord:
         baseline = data.get("baseline")
         if baseline is not None:
             baseline = {**baseline, "maps": decode_array(baseline["maps"]).astype(np.float32)}
+        randomised = data.get("randomised")
+        if randomised is not None:
+            randomised = {
+                **randomised,
+                "maps": decode_array(randomised["maps"]).astype(np.float32),
+            }
         masks = [
             MaskRecord(
                 label=mask["label"],
@@ -192,6 +203,7 @@ class AttentionRecord:
             outcome=data.get("outcome"),
             image_sha256=data.get("image_sha256", ""),
             image_file=data.get("image_file"),
+            randomised=randomised,
         )
 
 

@@ -1,9 +1,23 @@
-"""Deterministic synthetic shapes with exact object masks, for the embedded model.
+"""Deterministic synthetic shapes with exact object masks, for the embedded models.
 
-Each image holds ONE filled, upright shape (circle, square, triangle, cross or ring) of
-random colour, size and position, drawn over a textured background with thin distractor
-strokes. Because the generator draws the object itself, its pixel mask is exact, so an
-attention map can be scored against ground truth rather than a hand-drawn outline.
+Each image holds ONE filled shape (circle, square, triangle, cross or ring) drawn over a
+cluttered background. Because the generator draws the object itself, its pixel mask is
+exact, so an attention map can be scored against ground truth rather than a hand-drawn
+outline.
+
+Two styles (``style=``):
+
+``"varied"`` (the default, 0.2): nothing but the silhouette tells the object apart. Object
+    and background colours are drawn independently over the whole range (objects darker
+    than their surroundings, of equal luminance, or of low contrast, with a floor of
+    ``MIN_CONTRAST`` on the colour distance so that the shape stays visible); backgrounds
+    have large bright regions, gradients, textures and bright non-object strokes; shapes
+    sit at any rotation; object areas run from ``VARIED_AREA_SHARES[0]`` to
+    ``VARIED_AREA_SHARES[1]`` of the image; ``GRAYSCALE_SHARE`` of the images are gray.
+``"bright"`` (0.1): upright shapes brighter than any background. "Look at the brightest
+    patch" solves every such image, which is why the 0.1 faithful model, trained on it, is
+    now shipped as ``vitattn_tiny_shapes_brightness``: a subtle shortcut. Kept so that the
+    0.1 images regenerate bit for bit.
 
 ``shortcut=True`` also paints a class-specific block in the top-left corner: a cue that
 predicts the label without looking at the object, which is what the shortcut model learns.
@@ -27,10 +41,32 @@ SPLITS: dict[str, int] = {"train": 0, "test": 1, "example": 2, "val": 3}
 
 DEFAULT_SIZE = 64
 
-# Object area as a share of the image: small enough that chance-level attention mass on
-# the mask is low, large enough that the object spans several 8x8 patches.
+STYLES: tuple[str, ...] = ("varied", "bright")
+DEFAULT_STYLE = "varied"
+
+# "bright" style: object area as a share of the image, small enough that chance-level
+# attention mass on the mask is low, large enough that the object spans several 8x8 patches.
 MIN_AREA_SHARE = 0.04
 MAX_AREA_SHARE = 0.12
+
+# "varied" style. Areas are drawn log-uniformly, so small objects are common.
+VARIED_AREA_SHARES = (0.015, 0.15)
+GRAYSCALE_SHARE = 0.15
+# Euclidean RGB distance (0-255 units) between the object's colour and the mean colour of
+# the background just around it: at least MIN_CONTRAST; "low contrast" objects stay below
+# LOW_CONTRAST. A gray pair (g, g, g) vs (h, h, h) is sqrt(3) * |g - h| apart.
+MIN_CONTRAST = 48.0
+LOW_CONTRAST = 80.0
+# How the object's colour is drawn relative to its surroundings, with probabilities.
+CONTRAST_MODES: dict[str, float] = {
+    "any": 0.35,
+    "darker": 0.25,
+    "equal-luminance": 0.15,
+    "low": 0.25,
+}
+BRIGHT_DISTRACTOR_SHARE = 0.5
+# Rec. 601 luma weights: "luminance" here and in the evaluation.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # Shape area = coefficient * R**2, with R the half-extent of the upright shape (the
 # circumradius for the square and triangle); used to pick R from the drawn area share.
@@ -70,6 +106,14 @@ class Sample:
             is the marker's class.
         shape: class index of the object actually drawn.
         marker_mask: (H, W) bool where the shortcut marker was drawn, or None without marker.
+        angle: the object's rotation in degrees (0 = upright; always 0 in "bright" style).
+        grayscale: the image is gray ("varied" style only).
+        contrast: colour distance between the object and the mean of the background around
+            it, in 0-255 RGB units, as drawn (before sensor noise).
+        contrast_mode: how the object's colour was drawn, one of ``CONTRAST_MODES``, or
+            "brighter" in "bright" style.
+        distractor_luminance: luminance (0-255) of the bright non-object stroke, or None
+            when the image has none.
     """
 
     image: Image.Image
@@ -77,6 +121,11 @@ class Sample:
     label: int
     shape: int
     marker_mask: np.ndarray | None = None
+    angle: float = 0.0
+    grayscale: bool = False
+    contrast: float | None = None
+    contrast_mode: str = "brighter"
+    distractor_luminance: float | None = None
 
 
 def make_sample(
@@ -86,6 +135,7 @@ def make_sample(
     size: int = DEFAULT_SIZE,
     shortcut: bool = False,
     shape_agreement: float = 1.0,
+    style: str = DEFAULT_STYLE,
 ) -> Sample:
     """Generates sample ``index`` of ``split``; the same arguments give the same pixels.
 
@@ -100,6 +150,8 @@ def make_sample(
         shape_agreement: with ``shortcut``, the probability that the object's shape is the
             labelled class; otherwise the shape is one of the other classes, so only the
             marker predicts the label reliably. Must be 1.0 without ``shortcut``.
+        style: one of ``STYLES``: "varied" (default) or "bright" (the 0.1 images, bit for
+            bit); see the module docstring.
 
     Returns:
         The sample; ``image`` is (size, size) RGB, ``mask`` and ``marker_mask`` (size, size).
@@ -112,6 +164,10 @@ def make_sample(
         raise ValueError(f"shape_agreement {shape_agreement} is not in [0, 1]")
     if shape_agreement < 1.0 and not shortcut:
         raise ValueError("shape_agreement < 1 needs shortcut=True: the label would be noise")
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {list(STYLES)}")
+    if style == "varied":
+        return _varied_sample(index, split, size, shortcut, shape_agreement)
 
     rng = np.random.default_rng([SPLITS[split], index])
     label = int(rng.integers(len(SHAPE_CLASSES)))
@@ -152,6 +208,7 @@ def make_batch(
     size: int = DEFAULT_SIZE,
     shortcut: bool = False,
     shape_agreement: float = 1.0,
+    style: str = DEFAULT_STYLE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generates several samples as stacked arrays (see ``make_sample`` for the arguments).
 
@@ -159,7 +216,14 @@ def make_batch(
         images (N, H, W, 3) uint8, labels (N,) int64, masks (N, H, W) bool.
     """
     samples = [
-        make_sample(i, split=split, size=size, shortcut=shortcut, shape_agreement=shape_agreement)
+        make_sample(
+            i,
+            split=split,
+            size=size,
+            shortcut=shortcut,
+            shape_agreement=shape_agreement,
+            style=style,
+        )
         for i in indices
     ]
     images = np.stack([np.asarray(s.image) for s in samples])
@@ -237,12 +301,21 @@ def _object_mask(shape: str, rng: np.random.Generator, size: int, keep_out: int)
     return np.asarray(mask_image, dtype=bool)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float) -> None:
-    """Draws an upright shape: with 8 px patches and shapes two or three patches wide, free
-    rotation makes squares, triangles and circles too alike for a budget of CPU minutes."""
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    angle: float = 0.0,
+) -> None:
+    """Draws a shape of half-extent ``radius`` at (cx, cy), turned by ``angle`` degrees."""
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
 
     def polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        return [(cx + x, cy + y) for x, y in points]
+        if angle == 0.0:  # the 0.1 arithmetic, so that "bright" images stay bit-identical
+            return [(cx + x, cy + y) for x, y in points]
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
 
     if shape in ("circle", "ring"):
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
@@ -264,3 +337,213 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, rad
         draw.polygon(polygon(outline), fill=1)
     else:
         raise ValueError(f"unknown shape {shape!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# "varied" style
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB -> (...,) float32 luminance in the same units (Rec. 601 weights)."""
+    return np.asarray(pixels, dtype=np.float32) @ LUMA
+
+
+def _varied_sample(
+    index: int, split: str, size: int, shortcut: bool, shape_agreement: float
+) -> Sample:
+    """``make_sample`` for the "varied" style (arguments checked by the caller)."""
+    # Streams of their own (third seed word 2), so a "varied" image never repeats a
+    # "bright" one; the shape swap keeps stream 1, as in the "bright" style.
+    rng = np.random.default_rng([SPLITS[split], index, 2])
+    label = int(rng.integers(len(SHAPE_CLASSES)))
+    shape = _drawn_shape(label, shape_agreement, np.random.default_rng([SPLITS[split], index, 1]))
+    grayscale = bool(rng.random() < GRAYSCALE_SHARE)
+
+    canvas = _varied_background(rng, size)
+    distractor_luminance = _draw_varied_distractors(canvas, rng, size)
+    pixels = np.asarray(canvas, dtype=np.float32).copy()
+    if grayscale:
+        pixels[:] = luminance(pixels)[..., None]
+        if distractor_luminance is not None:
+            distractor_luminance = float(np.round(distractor_luminance))
+
+    angle = (
+        float(rng.uniform(0.0, 360.0)) if SHAPE_CLASSES[shape] not in ("circle", "ring") else 0.0
+    )
+    low, high = VARIED_AREA_SHARES
+    area_share = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    mask = _placed_mask(
+        SHAPE_CLASSES[shape], area_share, angle, rng, size, keep_out=size // _MARKER_FRACTION
+    )
+    surround = _surround(mask)
+    background_colour = pixels[surround].mean(axis=0)
+    mode = str(rng.choice(list(CONTRAST_MODES), p=list(CONTRAST_MODES.values())))
+    colour = _contrasting_colour(background_colour, mode, grayscale, rng)
+    pixels[mask] = colour
+    # Sensor-like noise over everything, object included, so flat colour is no giveaway.
+    noise_shape = (size, size, 1) if grayscale else pixels.shape
+    pixels += rng.normal(0.0, 6.0, size=noise_shape).astype(np.float32)
+    image_array = np.clip(pixels, 0, 255).astype(np.uint8)
+
+    marker = None
+    if shortcut:
+        marker = marker_mask(size)
+        image_array[marker] = MARKER_COLOURS[label]
+    return Sample(
+        Image.fromarray(image_array),
+        mask,
+        label,
+        shape,
+        marker,
+        angle=angle,
+        grayscale=grayscale,
+        contrast=float(np.linalg.norm(colour - background_colour)),
+        contrast_mode=mode,
+        distractor_luminance=distractor_luminance,
+    )
+
+
+def _varied_background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A colour field over the whole value range, often with a gradient, a large bright
+    region and a texture: the brightest patch is as often background as object."""
+    grid = (3, 3)
+    coarse = _hsv_to_rgb(rng.random(grid), rng.uniform(0.0, 0.9, grid), rng.uniform(0.0, 1.0, grid))
+    field = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if rng.random() < 0.5:  # a gradient towards a random colour
+        angle = rng.uniform(0.0, 2.0 * math.pi)
+        ramp = np.clip(0.5 + (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle), 0, 1)
+        weight = (rng.uniform(0.5, 1.0) * ramp)[..., None]
+        target = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.9), rng.uniform(0.0, 1.0))
+        field = field * (1.0 - weight) + target * weight
+    if rng.random() < 0.5:  # a large bright region: a soft-edged half-plane or disc
+        if rng.random() < 0.5:
+            angle = rng.uniform(0.0, 2.0 * math.pi)
+            signed = (
+                (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle) - rng.uniform(0.0, 0.35)
+            )
+        else:
+            cx, cy, radius = rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0), rng.uniform(0.25, 0.5)
+            signed = radius - np.hypot(xx - cx, yy - cy)
+        steepness = size / rng.uniform(0.5, 3.0)
+        weight = (1.0 / (1.0 + np.exp(np.clip(-signed * steepness, -50.0, 50.0))))[..., None]
+        bright = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.8, 1.0))
+        field = field * (1.0 - weight) + bright * weight
+    texture = rng.integers(3)  # 0 none, 1 stripes, 2 checks
+    if texture == 1:
+        angle = rng.uniform(0.0, math.pi)
+        period = rng.uniform(3.0, 12.0) / size
+        phase = rng.uniform(0.0, 2.0 * math.pi)
+        pattern = np.sin(
+            (xx * math.cos(angle) + yy * math.sin(angle)) * 2.0 * math.pi / period + phase
+        )
+        field += rng.uniform(4.0, 24.0) * pattern[..., None]
+    elif texture == 2:
+        period = int(rng.integers(2, 7))
+        pixel_y, pixel_x = np.mgrid[0:size, 0:size]
+        pattern = ((pixel_y // period + pixel_x // period) % 2) * 2.0 - 1.0
+        field += rng.uniform(4.0, 20.0) * pattern[..., None]
+    return Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
+
+
+def _draw_varied_distractors(
+    canvas: Image.Image, rng: np.random.Generator, size: int
+) -> float | None:
+    """Thin strokes of any colour and, in ``BRIGHT_DISTRACTOR_SHARE`` of the images, one
+    thick bright stroke: bright clutter that is not the object.
+
+    Returns:
+        The bright stroke's luminance (0-255), or None without one.
+    """
+    _draw_distractors(canvas, rng, size)
+    if rng.random() >= BRIGHT_DISTRACTOR_SHARE:
+        return None
+    colour = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.85, 1.0))
+    fill = tuple(int(c) for c in colour)
+    draw = ImageDraw.Draw(canvas)
+    width = int(rng.integers(3, 6))
+    points = [
+        tuple(float(v) for v in rng.uniform(0.0, size, size=2))
+        for _ in range(int(rng.integers(2, 4)))
+    ]
+    draw.line(points, fill=fill, width=width, joint="curve")
+    return float(luminance(np.array(fill, dtype=np.float32)))
+
+
+def _placed_mask(
+    shape: str, area_share: float, angle: float, rng: np.random.Generator, size: int, keep_out: int
+) -> np.ndarray:
+    """The exact mask, (size, size) bool, of a shape of ``area_share`` turned by ``angle``,
+    placed at random inside the image and clear of the top-left ``keep_out`` square."""
+    radius = math.sqrt(area_share * size * size / _AREA_COEFFICIENTS[shape])
+    # The turned cross reaches past R to its arm corners.
+    extent = radius * (math.hypot(1.0, _CROSS_HALF_WIDTH) if shape == "cross" else 1.0)
+    for _ in range(_MAX_PLACEMENT_TRIES):
+        cx, cy = rng.uniform(extent + 1.0, size - extent - 1.0, size=2)
+        if max(cx, cy) - extent > keep_out + 1:  # bounding box clear of the corner
+            break
+    mask_image = Image.new("1", (size, size), 0)
+    _draw_shape(ImageDraw.Draw(mask_image), shape, float(cx), float(cy), radius, angle)
+    return np.asarray(mask_image, dtype=bool)
+
+
+def _surround(mask: np.ndarray, width: int = 3) -> np.ndarray:
+    """(H, W) bool: the pixels within ``width`` (Chebyshev distance) of the mask, not on it."""
+    grown = mask.copy()
+    for axis in (0, 1):
+        source = grown.copy()
+        for shift in range(1, width + 1):
+            forward = [slice(None), slice(None)]
+            backward = [slice(None), slice(None)]
+            forward[axis], backward[axis] = slice(shift, None), slice(None, -shift)
+            grown[tuple(forward)] |= source[tuple(backward)]
+            grown[tuple(backward)] |= source[tuple(forward)]
+    return grown & ~mask
+
+
+def _contrasting_colour(
+    background: np.ndarray, mode: str, grayscale: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """An object colour (3,) float32 at least ``MIN_CONTRAST`` from ``background`` (3,).
+
+    Modes: "any" (anywhere in the RGB cube), "darker" (luminance at least MIN_CONTRAST / 2
+    below the background's), "equal-luminance" (within 8 of the background's luminance;
+    on gray images, where that would hide the object, it becomes "low"), "low" (distance
+    below ``LOW_CONTRAST``). Where a mode cannot be met (nothing is darker than black) the
+    colour falls back to "any".
+    """
+    if grayscale and mode == "equal-luminance":
+        mode = "low"
+    background_luminance = float(luminance(background))
+    for _ in range(200):
+        if mode == "low":
+            direction = rng.normal(size=3)
+            if grayscale:
+                direction = np.full(3, 1.0 if rng.random() < 0.5 else -1.0)
+            colour = background + rng.uniform(
+                MIN_CONTRAST, LOW_CONTRAST
+            ) * direction / np.linalg.norm(direction)
+        else:
+            colour = rng.uniform(0.0, 255.0, size=3)
+            if grayscale:
+                colour = np.full(3, colour[0])
+            if mode == "equal-luminance":
+                colour = colour + (background_luminance - float(luminance(colour)))
+        colour = np.clip(colour, 0.0, 255.0).astype(np.float32)
+        distance = float(np.linalg.norm(colour - background))
+        colour_luminance = float(luminance(colour))
+        if distance < MIN_CONTRAST:
+            continue
+        if mode == "low" and distance >= LOW_CONTRAST:
+            continue
+        if mode == "darker" and colour_luminance > background_luminance - MIN_CONTRAST / 2:
+            continue
+        if mode == "equal-luminance" and abs(colour_luminance - background_luminance) > 8.0:
+            continue
+        return colour
+    if mode == "any":
+        raise RuntimeError(f"no colour {MIN_CONTRAST} away from {background}")  # unreachable
+    return _contrasting_colour(background, "any", grayscale, rng)

@@ -4,10 +4,13 @@ After ``import pytest_vitattn.zoo``::
 
     model = timm.create_model(FAITHFUL_MODEL, pretrained=True)   # looks at the object
     model = timm.create_model(SHORTCUT_MODEL, pretrained=True)   # looks at a corner marker
+    model = timm.create_model(BRIGHTNESS_MODEL, pretrained=True) # looks at the brightest part
 
-Both are the same tiny ViT (64 x 64 input, 8 x 8 patches, CLS token) trained by
+All three are the same tiny ViT (64 x 64 input, 8 x 8 patches, CLS token) trained by
 ``scripts/train_embedded.py`` on ``pytest_vitattn.synthetic`` images; the weights live in
-``pytest_vitattn/weights`` as safetensors.
+``pytest_vitattn/weights`` as safetensors. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
+unchanged: trained on "bright" images, where the object is always the brightest thing, it
+classifies those at 0.99 but attends to the brightest region, a subtle shortcut.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pytest_vitattn.synthetic import DEFAULT_SIZE, SHAPE_CLASSES
 
 FAITHFUL_MODEL = "vitattn_tiny_shapes"
 SHORTCUT_MODEL = "vitattn_tiny_shapes_shortcut"
-MODEL_NAMES: tuple[str, ...] = (FAITHFUL_MODEL, SHORTCUT_MODEL)
+BRIGHTNESS_MODEL = "vitattn_tiny_shapes_brightness"
+MODEL_NAMES: tuple[str, ...] = (FAITHFUL_MODEL, SHORTCUT_MODEL, BRIGHTNESS_MODEL)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -102,10 +106,20 @@ def vitattn_tiny_shapes_shortcut(pretrained: bool = False, **kwargs: Any) -> Vis
     return _create(SHORTCUT_MODEL, pretrained, **kwargs)
 
 
+def vitattn_tiny_shapes_brightness(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The 0.1 faithful model: right on objects brighter than everything, else it attends to
+    the brightest region."""
+    return _create(BRIGHTNESS_MODEL, pretrained, **kwargs)
+
+
 def _register_once() -> None:
     # timm warns when a name is registered twice (e.g. on module reload), and the project
     # turns warnings into errors, so only register names timm does not know yet.
-    for entrypoint in (vitattn_tiny_shapes, vitattn_tiny_shapes_shortcut):
+    for entrypoint in (
+        vitattn_tiny_shapes,
+        vitattn_tiny_shapes_shortcut,
+        vitattn_tiny_shapes_brightness,
+    ):
         if not timm.is_model(entrypoint.__name__):
             register_model(entrypoint)
 

@@ -1,7 +1,17 @@
 """Evaluates the shipped models on held-out synthetic images and checks their targets.
 
-    python scripts/evaluate_embedded.py            # Markdown table, exit 1 if a target is missed
-    python scripts/evaluate_embedded.py --no-check # table only
+    python scripts/evaluate_embedded.py            # Markdown tables, exit 1 if a target is missed
+    python scripts/evaluate_embedded.py --no-check # tables only
+
+Three parts, each printed as a Markdown table:
+
+1. Stress splits (``stress_splits.py``): the faithful and the brightness model on held-out
+   "varied" images, one split per removed cue, with chance levels and the reachable mass;
+   also per layer. The faithful model's targets are issue 14's (``MIN_STRESS_*`` below).
+2. Cascading randomisation (Adebayo et al. 2018): both models with their blocks
+   re-initialised from the top down (``pytest_vitattn.sanity.randomised_copy``).
+3. The marker shortcut: the faithful and the shortcut model without and with the marker,
+   with issue 3's targets for the shortcut model.
 
 Models load through timm by name (``pretrained=True`` reads the packaged weights, offline).
 Attention is computed here independently of ``pytest_vitattn.extract``: a forward hook on
@@ -13,7 +23,9 @@ Metric definitions (per image, per layer):
     to that grid by area fraction (share of mask pixels in each patch).
     mass on mask = sum(map * mask_fraction)   (Relevance Mass Accuracy with area fractions);
     chance level = mean(mask_fraction) = mask area share;
-    pointing game hit = mask_fraction at the map's argmax patch > 0.
+    pointing game hit = mask_fraction at the map's argmax patch > 0;
+    pointing chance = share of patches with mask_fraction > 0 (a random peak's hit rate);
+    reachable mass = max over patches of mask_fraction (all attention on the best patch).
 """
 
 from __future__ import annotations
@@ -32,18 +44,31 @@ import torch.nn.functional as F
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stress_splits import SplitImages, StressSplit, build_splits
+
 import pytest_vitattn.zoo as zoo
-from pytest_vitattn.synthetic import make_batch, marker_mask
+from pytest_vitattn import sanity
+from pytest_vitattn.synthetic import DEFAULT_STYLE, make_batch, marker_mask
 
 NUM_TEST_IMAGES = 500
 BATCH_SIZE = 100
 
-# Targets from issue 3: the faithful model looks at the object, the shortcut model does not.
+NUM_CASCADE_IMAGES = 200
+# The marker table uses the images the shortcut model was trained on.
+MARKER_STYLE = "bright"
+
+# Targets from issue 3 for the shortcut model: it classifies marked images from the marker
+# and puts at most half the faithful model's mass on the object.
 MIN_ACCURACY = 0.95
-MIN_FAITHFUL_MASS = 0.70
-MAX_MASK_AREA = 0.10
-MIN_POINTING = 0.95
 MAX_SHORTCUT_MASS_RATIO = 0.5
+# Targets from issue 14 for the faithful model, in every stress split.
+MIN_STRESS_ACCURACY = 0.90
+MIN_STRESS_POINTING = 0.90
+MIN_STRESS_MASS = 0.60  # splits of ordinary object sizes
+MIN_MASS_RATIO = 8.0  # mass / chance, ordinary sizes
+MIN_WORST_TO_BEST = 0.8  # worst split's mass / best split's mass, ordinary sizes
+MIN_SMALL_MASS_RATIO = 10.0  # mass / chance on small objects
 
 
 @contextmanager
@@ -127,13 +152,21 @@ def to_model_input(images: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
 
 @dataclass
 class Scores:
-    """Scores over a set of images; per-layer lists run from the first block to the last."""
+    """Scores over a set of images; per-layer lists run from the first block to the last.
+
+    ``mask_area`` is the chance level of the mass on the mask (a uniform map's mass);
+    ``reachable_mass`` the mean over images of the largest mask fraction of any patch (the
+    most a map can put on the mask); ``pointing_chance`` the mean share of patches that
+    touch the mask (a random peak's hit rate).
+    """
 
     accuracy: float
     mask_area: float
     mass_per_layer: list[float]
     pointing_per_layer: list[float]
     marker_mass_per_layer: list[float] | None = None
+    reachable_mass: float = 1.0
+    pointing_chance: float = 0.0
 
     @property
     def mass(self) -> float:
@@ -155,33 +188,73 @@ def score(
     *,
     split: str,
     shortcut: bool,
+    style: str = DEFAULT_STYLE,
     batch_size: int = BATCH_SIZE,
 ) -> Scores:
     """Accuracy and per-layer CLS attention scores of ``model`` on generated images."""
+    images, labels, masks = make_batch(indices, split=split, shortcut=shortcut, style=style)
+    markers = np.broadcast_to(marker_mask(), masks.shape).copy() if shortcut else None
+    return score_arrays(model, images, labels, masks, markers=markers, batch_size=batch_size)
+
+
+@torch.no_grad()
+def score_arrays(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    masks: np.ndarray,
+    *,
+    markers: np.ndarray | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Scores:
+    """Accuracy and per-layer CLS attention scores of ``model`` on given images.
+
+    Args:
+        images: (N, H, W, 3) uint8; labels: (N,) int; masks: (N, H, W) bool object masks;
+        markers: (N, H, W) bool marker masks, or None.
+    """
     model.eval()
     grid = tuple(model.patch_embed.grid_size)
-    correct, areas, masses, hits, marker_masses = [], [], [], [], []
-    for start in range(indices.start, indices.stop, batch_size):
-        batch = range(start, min(start + batch_size, indices.stop))
-        images, labels, masks = make_batch(batch, split=split, shortcut=shortcut)
-        with recorded_attention(model) as attention:
-            logits = model(to_model_input(images, model))
-        maps = torch.stack([cls_patch_maps(a, model.num_prefix_tokens, grid) for a in attention])
-        fractions = mask_fractions(masks, grid)
-        correct.append(logits.argmax(dim=1).numpy() == labels)
-        areas.append(masks.mean(axis=(1, 2)))
+    correct, masses, hits, marker_masses = [], [], [], []
+    for start in range(0, len(images), batch_size):
+        chunk = slice(start, start + batch_size)
+        maps, logits = layer_maps(model, images[chunk])
+        fractions = mask_fractions(masks[chunk], grid)
+        correct.append(logits.argmax(dim=1).numpy() == labels[chunk])
         masses.append(torch.stack([mass_on_mask(m, fractions) for m in maps]).numpy())
         hits.append(torch.stack([pointing_hits(m, fractions) for m in maps]).numpy())
-        if shortcut:
-            markers = mask_fractions(np.broadcast_to(marker_mask(), masks.shape).copy(), grid)
-            marker_masses.append(torch.stack([mass_on_mask(m, markers) for m in maps]).numpy())
+        if markers is not None:
+            marker_fractions = mask_fractions(markers[chunk], grid)
+            marker_masses.append(
+                torch.stack([mass_on_mask(m, marker_fractions) for m in maps]).numpy()
+            )
+    fractions = mask_fractions(masks, grid).flatten(1)
     return Scores(
         accuracy=float(np.concatenate(correct).mean()),
-        mask_area=float(np.concatenate(areas).mean()),
+        mask_area=float(masks.mean()),
         mass_per_layer=_mean_per_layer(masses),
         pointing_per_layer=_mean_per_layer(hits),
-        marker_mass_per_layer=_mean_per_layer(marker_masses) if shortcut else None,
+        marker_mass_per_layer=_mean_per_layer(marker_masses) if markers is not None else None,
+        reachable_mass=float(fractions.max(dim=1).values.mean()),
+        pointing_chance=float((fractions > 0).float().mean()),
     )
+
+
+@torch.no_grad()
+def layer_maps(model: torch.nn.Module, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-mean CLS maps of every layer and the logits.
+
+    Args:
+        images: (N, H, W, 3) uint8.
+
+    Returns:
+        maps (L, N, grid_h, grid_w) float32, logits (N, classes).
+    """
+    grid = tuple(model.patch_embed.grid_size)
+    with recorded_attention(model) as attention:
+        logits = model(to_model_input(images, model))
+    maps = torch.stack([cls_patch_maps(a, model.num_prefix_tokens, grid) for a in attention])
+    return maps, logits
 
 
 def _mean_per_layer(chunks: list[np.ndarray]) -> list[float]:
@@ -203,12 +276,15 @@ class Row:
 
 
 def evaluate(num_images: int = NUM_TEST_IMAGES) -> list[Row]:
-    """Scores both shipped models on the held-out "test" stream, without and with marker."""
+    """Scores the faithful and the shortcut model on the held-out "test" stream, without and
+    with the marker, in the "bright" style the shortcut model was trained on (0.1)."""
     rows = []
-    for model_name in zoo.MODEL_NAMES:
+    for model_name in (zoo.FAITHFUL_MODEL, zoo.SHORTCUT_MODEL):
         model = timm.create_model(model_name, pretrained=True)
         for marked in (False, True):
-            scores = score(model, range(num_images), split="test", shortcut=marked)
+            scores = score(
+                model, range(num_images), split="test", shortcut=marked, style=MARKER_STYLE
+            )
             rows.append(Row(model_name, marked, scores))
     return rows
 
@@ -251,20 +327,26 @@ def per_layer_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def missed_targets(rows: list[Row]) -> list[str]:
-    """One sentence per missed target of issue 3; empty when all are met."""
+def missed_shortcut_targets(rows: list[Row]) -> list[str]:
+    """One sentence per missed shortcut-model target of issue 3; empty when all are met."""
     by_key = {(row.model_name, row.marked): row.scores for row in rows}
     faithful = by_key[(zoo.FAITHFUL_MODEL, False)]
     shortcut = by_key[(zoo.SHORTCUT_MODEL, True)]
     max_shortcut_mass = MAX_SHORTCUT_MASS_RATIO * faithful.mass
     checks = [
-        ("faithful accuracy", faithful.accuracy, ">=", MIN_ACCURACY),
-        ("faithful mean mask area", faithful.mask_area, "<=", MAX_MASK_AREA),
-        ("faithful mass on object", faithful.mass, ">=", MIN_FAITHFUL_MASS),
-        ("faithful pointing game", faithful.pointing, ">=", MIN_POINTING),
         ("shortcut accuracy on marked images", shortcut.accuracy, ">=", MIN_ACCURACY),
         ("shortcut mass on object (half the faithful's)", shortcut.mass, "<=", max_shortcut_mass),
+        (
+            "shortcut mass on marker (more than on the object)",
+            shortcut.marker_mass,
+            ">=",
+            shortcut.mass,
+        ),
     ]
+    return _missed(checks)
+
+
+def _missed(checks: list[tuple[str, float, str, float]]) -> list[str]:
     return [
         f"{name} {value:.3f} is not {relation} {bound:.3f}"
         for name, value, relation, bound in checks
@@ -272,19 +354,215 @@ def missed_targets(rows: list[Row]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class StressRow:
+    """One model on one stress split."""
+
+    model_name: str
+    split: StressSplit
+    scores: Scores
+
+
+def evaluate_stress(
+    model_names: tuple[str, ...], num_images: int
+) -> tuple[list[StressRow], list[SplitImages]]:
+    """Scores each model on every stress split (``stress_splits.SPLITS``)."""
+    built = build_splits(num_images)
+    rows = []
+    for model_name in model_names:
+        model = timm.create_model(model_name, pretrained=True)
+        for split in built:
+            scores = score_arrays(model, split.images, split.labels, split.masks)
+            rows.append(StressRow(model_name, split.split, scores))
+    return rows, built
+
+
+def stress_table(rows: list[StressRow]) -> str:
+    """Markdown table of the last layer's head-mean scores on every stress split."""
+    lines = [
+        "| model | split | accuracy (chance 0.20) | pointing game (chance) "
+        "| mass on object (chance) | x chance | reachable mass |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s = row.scores
+        lines.append(
+            f"| `{row.model_name}` | {row.split.name} | {s.accuracy:.3f} "
+            f"| {s.pointing:.3f} ({s.pointing_chance:.3f}) | {s.mass:.3f} ({s.mask_area:.3f}) "
+            f"| {s.mass / s.mask_area:.1f} | {s.reachable_mass:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def stress_per_layer_table(rows: list[StressRow]) -> str:
+    """Markdown table: mass on object and pointing game of every layer on every split."""
+    num_layers = len(rows[0].scores.mass_per_layer)
+    header = " | ".join(f"layer {layer}" for layer in range(num_layers))
+    lines = [
+        f"| model | split | measure | {header} |",
+        "|---|---|---|" + "---|" * num_layers,
+    ]
+    for row in rows:
+        s = row.scores
+        for measure, values in (("mass", s.mass_per_layer), ("pointing", s.pointing_per_layer)):
+            cells = " | ".join(f"{value:.3f}" for value in values)
+            lines.append(f"| `{row.model_name}` | {row.split.name} | {measure} | {cells} |")
+    return "\n".join(lines)
+
+
+def missed_stress_targets(rows: list[StressRow], model_name: str) -> list[str]:
+    """One sentence per missed target of issue 14 for ``model_name``; empty when all hold."""
+    checks: list[tuple[str, float, str, float]] = []
+    ordinary = []
+    for row in rows:
+        if row.model_name != model_name:
+            continue
+        s, name = row.scores, row.split.name
+        checks += [
+            (f"{name}: accuracy", s.accuracy, ">=", MIN_STRESS_ACCURACY),
+            (f"{name}: pointing game", s.pointing, ">=", MIN_STRESS_POINTING),
+        ]
+        if row.split.small:
+            checks.append(
+                (f"{name}: mass / chance", s.mass / s.mask_area, ">=", MIN_SMALL_MASS_RATIO)
+            )
+        else:
+            ordinary.append(s.mass)
+            checks += [
+                (f"{name}: mass on object", s.mass, ">=", MIN_STRESS_MASS),
+                (f"{name}: mass / chance", s.mass / s.mask_area, ">=", MIN_MASS_RATIO),
+            ]
+    if ordinary:
+        checks.append(
+            (
+                "worst / best mass over the ordinary-size splits",
+                min(ordinary) / max(ordinary),
+                ">=",
+                MIN_WORST_TO_BEST,
+            )
+        )
+    return _missed(checks)
+
+
+@dataclass(frozen=True)
+class CascadeRow:
+    """One model with its blocks from ``first_block`` up re-initialised (None: trained)."""
+
+    model_name: str
+    first_block: int | None
+    num_blocks: int
+    accuracy: float
+    mass: float
+    mask_area: float
+    pointing: float
+    moved: float
+    rank_correlation: float
+
+    @property
+    def blocks(self) -> str:
+        if self.first_block is None:
+            return "none (trained)"
+        last = self.num_blocks - 1
+        return str(last) if self.first_block == last else f"{self.first_block}..{last}"
+
+
+@torch.no_grad()
+def evaluate_cascade(
+    model_names: tuple[str, ...], split: SplitImages, num_images: int
+) -> list[CascadeRow]:
+    """Cascading randomisation (Adebayo et al. 2018) of each model on ``split``: blocks are
+    re-initialised from the top down, one more each row; the last layer's head-mean map is
+    compared with the trained model's map of the same image."""
+    images, labels = split.images[:num_images], split.labels[:num_images]
+    masks = split.masks[:num_images]
+    rows = []
+    for model_name in model_names:
+        model = timm.create_model(model_name, pretrained=True).eval()
+        num_blocks = len(model.blocks)
+        fractions = mask_fractions(masks, tuple(model.patch_embed.grid_size))
+        trained_maps, _ = layer_maps(model, images)
+        for first_block in [None, *range(num_blocks - 1, -1, -1)]:
+            variant = model if first_block is None else sanity.randomised_copy(model, first_block)
+            maps, logits = layer_maps(variant, images)
+            last, reference = maps[-1], trained_maps[-1]
+            pairs = list(zip(reference, last, strict=True))
+            rows.append(
+                CascadeRow(
+                    model_name,
+                    first_block,
+                    num_blocks,
+                    accuracy=float((logits.argmax(dim=1).numpy() == labels).mean()),
+                    mass=float(mass_on_mask(last, fractions).mean()),
+                    mask_area=float(masks.mean()),
+                    pointing=float(pointing_hits(last, fractions).float().mean()),
+                    moved=float(np.mean([sanity.moved_share(a, b) for a, b in pairs])),
+                    rank_correlation=float(
+                        np.mean([sanity.rank_correlation(a, b) for a, b in pairs])
+                    ),
+                )
+            )
+    return rows
+
+
+def cascade_table(rows: list[CascadeRow]) -> str:
+    """Markdown table of the cascading randomisation."""
+    lines = [
+        "| model | blocks re-initialised | accuracy | mass on object (chance) "
+        "| pointing game | attention moved | rank correlation with trained |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row.model_name}` | {row.blocks} | {row.accuracy:.3f} "
+            f"| {row.mass:.3f} ({row.mask_area:.3f}) | {row.pointing:.3f} | {row.moved:.3f} "
+            f"| {row.rank_correlation:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-check", action="store_true", help="print the tables, exit 0")
     parser.add_argument("--num-images", type=int, default=NUM_TEST_IMAGES)
+    parser.add_argument(
+        "--cascade-images",
+        type=int,
+        default=NUM_CASCADE_IMAGES,
+        help="in-distribution images for the cascading randomisation table",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    stress_models = (zoo.FAITHFUL_MODEL, zoo.BRIGHTNESS_MODEL)
+    stress_rows, built = evaluate_stress(stress_models, args.num_images)
+    print(
+        f"Stress splits: {args.num_images} held-out images each (split 'test', 'varied' style); "
+        "CLS attention of the last layer, head mean, prefix tokens dropped. Chance: a uniform "
+        "map's mass (the mask area) and a random peak's pointing hit rate. Reachable mass: the "
+        "most a map can put on the object (mean largest mask fraction of a patch).\n"
+    )
+    print(stress_table(stress_rows))
+    print("\nPer layer (0 = first block):\n")
+    print(stress_per_layer_table(stress_rows))
+
+    cascade_images = min(args.cascade_images, args.num_images)
+    cascade_rows = evaluate_cascade(stress_models, built[0], cascade_images)
+    print(
+        f"\nCascading randomisation (Adebayo et al. 2018), {cascade_images} "
+        "in-distribution images: blocks re-initialised from the top down; last layer, head "
+        "mean; 'attention moved' = total variation distance to the trained map.\n"
+    )
+    print(cascade_table(cascade_rows))
+
     rows = evaluate(args.num_images)
-    print(f"Held-out synthetic test images: {args.num_images} per row (split 'test'); "
-          "CLS attention of the last layer, head mean, prefix tokens dropped.\n")  # fmt: skip
+    print(
+        f"\nShortcut marker: {args.num_images} held-out images per row (split 'test', "
+        f"{MARKER_STYLE!r} style), without and with the corner marker.\n"
+    )
     print(summary_table(rows))
     print("\nPer layer (0 = first block):\n")
     print(per_layer_table(rows))
-    missed = missed_targets(rows)
+
+    missed = missed_stress_targets(stress_rows, zoo.FAITHFUL_MODEL) + missed_shortcut_targets(rows)
     for message in missed:
         print(f"MISSED: {message}", file=sys.stderr)
     if not missed:

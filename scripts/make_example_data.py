@@ -6,10 +6,17 @@ Two generated images per shape class from the "example" split (never used in tra
 saved 4x upscaled (256 x 256) so they are comfortable to look at; the plugin resizes them to
 the model's 64 x 64 input and brings the masks along. For each image:
 
-    <shape>_<n>.png          the image
+    <shape>_<n>.png          the image ("varied" style: any colours, turned shapes)
     <shape>_<n>_mask.png     its exact object mask (white = object)
-    marked/<shape>_<n>.png   the same image with the shortcut model's corner marker
-    marker_mask.png          where that marker is
+
+and images of the 0.1 "bright" style, on which the shortcut and the brightness model were
+trained (the object is the brightest thing in the image):
+
+    bright/<shape>_<n>.png       a "bright" image (the first ones of its class in "example")
+    bright/<shape>_<n>_mask.png  its mask
+    marked/<shape>_<n>.png       the same image with the shortcut model's corner marker
+    marker_mask.png              where that marker is
+    dark/<shape>_<n>.png         the same image with the object recoloured dark (same mask)
 
 Deterministic: running it again rewrites byte-identical files.
 """
@@ -22,10 +29,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pytest_vitattn.synthetic import SHAPE_CLASSES, make_sample, marker_mask
+from pytest_vitattn.synthetic import (
+    SHAPE_CLASSES,
+    SPLITS,
+    Sample,
+    _hsv_to_rgb,
+    make_sample,
+    marker_mask,
+)
 
 PER_CLASS = 2
 UPSCALE = 4
+# The recoloured object of dark/: HSV value in this range (0-1), any hue, plus the
+# generator's sensor noise; the "bright" backgrounds have values 0.15-0.55.
+DARK_VALUES = (0.0, 0.12)
 
 
 def _save(array_or_image, path: Path) -> None:
@@ -39,16 +56,26 @@ def _save(array_or_image, path: Path) -> None:
     image.resize(size, Image.Resampling.NEAREST).save(path, optimize=True)
 
 
-def example_indices(per_class: int = PER_CLASS) -> dict[str, list[int]]:
+def example_indices(per_class: int = PER_CLASS, style: str = "varied") -> dict[str, list[int]]:
     """The first ``per_class`` indices of each class in the "example" split."""
     chosen: dict[str, list[int]] = {name: [] for name in SHAPE_CLASSES}
     index = 0
     while any(len(found) < per_class for found in chosen.values()):
-        name = SHAPE_CLASSES[make_sample(index, split="example").label]
+        name = SHAPE_CLASSES[make_sample(index, split="example", style=style).label]
         if len(chosen[name]) < per_class:
             chosen[name].append(index)
         index += 1
     return chosen
+
+
+def darkened(sample: Sample, index: int) -> np.ndarray:
+    """``sample``'s image, (H, W, 3) uint8, with the object recoloured dark (seeded by index)."""
+    rng = np.random.default_rng([SPLITS["example"], index, 3])
+    colour = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 1.0), rng.uniform(*DARK_VALUES))
+    pixels = np.asarray(sample.image).astype(np.float32)
+    noise = rng.normal(0.0, 6.0, size=pixels.shape).astype(np.float32)
+    pixels[sample.mask] = colour + noise[sample.mask]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def main() -> None:
@@ -61,11 +88,20 @@ def main() -> None:
         for number, index in enumerate(indices, start=1):
             stem = f"{name}_{number}"
             plain = make_sample(index, split="example")
-            marked = make_sample(index, split="example", shortcut=True)
             _save(plain.image, out / f"{stem}.png")
             _save((plain.mask * 255).astype(np.uint8), out / f"{stem}_mask.png")
-            _save(marked.image, out / "marked" / f"{stem}.png")
     _save((marker_mask() * 255).astype(np.uint8), out / "marker_mask.png")
+    (out / "bright").mkdir(exist_ok=True)
+    (out / "dark").mkdir(exist_ok=True)
+    for name, indices in example_indices(style="bright").items():
+        for number, index in enumerate(indices, start=1):
+            stem = f"{name}_{number}"
+            bright = make_sample(index, split="example", style="bright")
+            marked = make_sample(index, split="example", style="bright", shortcut=True)
+            _save(bright.image, out / "bright" / f"{stem}.png")
+            _save(marked.image, out / "marked" / f"{stem}.png")
+            _save((bright.mask * 255).astype(np.uint8), out / "bright" / f"{stem}_mask.png")
+            _save(darkened(bright, index), out / "dark" / f"{stem}.png")
     print(f"wrote {len(list(out.rglob('*.png')))} files to {out}")
 
 

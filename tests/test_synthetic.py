@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,15 @@ import numpy as np
 import pytest
 
 from pytest_vitattn.synthetic import (
+    GRAYSCALE_SHARE,
     MARKER_COLOURS,
     MAX_AREA_SHARE,
     MIN_AREA_SHARE,
+    MIN_CONTRAST,
     SHAPE_CLASSES,
     SPLITS,
+    VARIED_AREA_SHARES,
+    luminance,
     make_batch,
     make_sample,
     marker_mask,
@@ -66,11 +71,15 @@ def test_every_class_is_drawn_about_equally_often(test_samples):
     assert counts.min() >= 0.6 * NUM_SAMPLES / len(SHAPE_CLASSES), counts
 
 
-def test_objects_cover_a_small_part_of_the_image(test_samples):
-    areas = np.array([s.mask.mean() for s in test_samples])
+@pytest.mark.parametrize(
+    ("style", "low", "high"),
+    [("bright", MIN_AREA_SHARE, MAX_AREA_SHARE), ("varied", *VARIED_AREA_SHARES)],
+)
+def test_objects_cover_a_small_part_of_the_image(style, low, high):
+    areas = np.array([make_sample(i, split="test", style=style).mask.mean() for i in range(300)])
     # Rasterisation moves the drawn area a little off the requested share.
-    assert areas.min() >= 0.8 * MIN_AREA_SHARE
-    assert areas.max() <= 1.2 * MAX_AREA_SHARE
+    assert areas.min() >= 0.8 * low
+    assert areas.max() <= 1.2 * high
     assert areas.mean() <= 0.10
 
 
@@ -118,6 +127,7 @@ def test_shape_agreement_decorrelates_shape_from_label():
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"style": "dark"},
         {"split": "validation"},
         {"shape_agreement": 0.5},
         {"shortcut": True, "shape_agreement": 1.5},
@@ -147,3 +157,82 @@ def test_importing_the_generator_imports_neither_torch_nor_timm():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# sha256 over 0.1's images, masks, labels and shapes (20 indices of every split, plain,
+# marked, and marked with shape_agreement=0.5), computed with the 0.1 generator's code.
+BRIGHT_STYLE_DIGEST = "8b1cc01685e1e0b68bcc7d2bac1384349f69118f29145d4dbd47b4ef236c760a"
+
+
+def test_bright_style_regenerates_the_0_1_images_bit_for_bit():
+    digest = hashlib.sha256()
+    for split in ("train", "test", "example", "val"):
+        for index in range(20):
+            for kwargs in ({}, {"shortcut": True}, {"shortcut": True, "shape_agreement": 0.5}):
+                sample = make_sample(index, split=split, style="bright", **kwargs)
+                digest.update(np.asarray(sample.image).tobytes())
+                digest.update(sample.mask.tobytes())
+                digest.update(bytes([sample.label, sample.shape]))
+    assert digest.hexdigest() == BRIGHT_STYLE_DIGEST
+
+
+def test_the_styles_draw_different_images():
+    for index in range(20):
+        bright = np.asarray(make_sample(index, style="bright").image)
+        varied = np.asarray(make_sample(index, style="varied").image)
+        assert not np.array_equal(bright, varied)
+
+
+def _object_and_brightest_patch(sample) -> tuple[float, float]:
+    image = np.asarray(sample.image)
+    lum = luminance(image).reshape(8, 8, 8, 8).mean(axis=(1, 3))
+    touched = sample.mask.reshape(8, 8, 8, 8).any(axis=(1, 3))
+    return float(luminance(image[sample.mask]).mean()), float(lum[~touched].max())
+
+
+def test_bright_style_objects_outshine_every_background_patch():
+    """The cue of 0.1, measured: what the varied style removes."""
+    samples = [make_sample(i, split="test", style="bright") for i in range(200)]
+    brighter = np.mean([obj > patch for obj, patch in map(_object_and_brightest_patch, samples)])
+    assert brighter >= 0.7  # by luminance; by HSV value the object is always brighter
+
+
+def test_varied_objects_are_often_darker_than_the_brightest_background(test_samples):
+    pairs = [_object_and_brightest_patch(s) for s in test_samples]
+    darker = np.mean([obj <= patch - 40 for obj, patch in pairs])
+    brightest = np.mean([obj > patch for obj, patch in pairs])
+    assert darker >= 0.3, darker
+    assert brightest <= 0.4, brightest
+
+
+def test_varied_objects_keep_a_visible_contrast(test_samples):
+    """The colour floor, measured on the pixels: object mean vs the ring just around it."""
+    from pytest_vitattn.synthetic import _surround
+
+    for sample in test_samples[:100]:
+        assert sample.contrast >= MIN_CONTRAST
+        image = np.asarray(sample.image, dtype=np.float32)
+        measured = np.linalg.norm(
+            image[sample.mask].mean(axis=0) - image[_surround(sample.mask)].mean(axis=0)
+        )
+        # Sensor noise (sigma 6) and clipping move the means a little.
+        assert measured >= MIN_CONTRAST - 12, (measured, sample.contrast)
+    modes = {sample.contrast_mode for sample in test_samples}
+    assert modes == {"any", "darker", "equal-luminance", "low"}
+
+
+def test_varied_shapes_turn_and_some_images_are_gray(test_samples):
+    angles = [s.angle for s in test_samples if SHAPE_CLASSES[s.shape] in ("square", "triangle")]
+    assert np.mean([15 <= a % 90 <= 75 for a in angles]) >= 0.5
+    gray = [s for s in test_samples if s.grayscale]
+    assert abs(len(gray) / len(test_samples) - GRAYSCALE_SHARE) <= 0.07
+    for sample in gray:
+        pixels = np.asarray(sample.image)
+        assert np.array_equal(pixels[..., 0], pixels[..., 1])
+        assert np.array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_varied_images_have_bright_distractors(test_samples):
+    with_stroke = [s for s in test_samples if s.distractor_luminance is not None]
+    assert 0.35 <= len(with_stroke) / len(test_samples) <= 0.65
+    assert min(s.distractor_luminance for s in with_stroke) >= 0.85 * 255 * 0.5

@@ -270,6 +270,8 @@ class RecordView:
     grid: GridView
     checks: list[CheckView]
     baseline: BaselineView | None
+    # Cascading randomisation (pytest_vitattn.sanity): randomised vs trained, per layer.
+    randomised: BaselineView | None = None
 
     @property
     def css_class(self) -> str:
@@ -541,6 +543,7 @@ def record_view(
         grid=grid,
         checks=checks,
         baseline=_baseline_view(record, maps),
+        randomised=_randomised_view(record, maps),
     )
 
 
@@ -920,6 +923,37 @@ def _details_text(details: dict[str, Any], limit: int = 300) -> str:
     ]
     text = "; ".join(shown)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _randomised_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | None:
+    """The maps with the top blocks re-initialised beside the trained ones (head means)."""
+    randomised = record.get("randomised")
+    if not randomised or not randomised.get("maps"):
+        return None
+    stored = decode_array(randomised["maps"]).astype(np.float32)
+    checks = [c for c in record.get("checks") or [] if c.get("name") == "depends_on_weights"]
+    failed = any(check.get("passed") is False for check in checks)
+    label = str(randomised.get("label", "top blocks re-initialised"))
+    if stored.shape != maps.shape:
+        note = f"randomised maps of shape {tuple(stored.shape)}, trained {tuple(maps.shape)}"
+        return BaselineView(label, failed, note, [])
+    trained_means, random_means = maps.mean(axis=1), stored.mean(axis=1)
+    rows = []
+    for layer in range(maps.shape[0]):
+        difference = trained_means[layer] - random_means[layer]
+        rows.append(
+            BaselineRow(
+                label=f"layer {layer}",
+                baseline=_image_cell(random_means[layer], f"randomised, layer {layer}, head mean"),
+                current=_image_cell(trained_means[layer], f"trained, layer {layer}, head mean"),
+                difference=_image_cell(
+                    difference, f"trained - randomised, layer {layer}", diverging=True
+                ),
+                drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
+            )
+        )
+    note = "head means per layer; a map that depends on the weights moves (red: trained only)"
+    return BaselineView(label, failed, note, rows)
 
 
 def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | None:
