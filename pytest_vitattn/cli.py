@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--token", type=options.parse_token, default="cls", metavar="cls|dist|INDEX")
     show.add_argument("--threads", type=options.parse_threads, default="auto", metavar="auto|N")
     show.add_argument(
+        "--scale",
+        choices=("shared", "own"),
+        default="shared",
+        help="grid.png colours: shared (default, as the report: multiples of uniform "
+        "attention, so a near-uniform head looks flat) or own (each map its own min..max, "
+        "as the notebook's imshow)",
+    )
+    show.add_argument(
         "--out",
         type=Path,
         default=Path(DEFAULT_OUT),
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             rollout=args.rollout,
             token=args.token,
             threads=args.threads,
+            colour_scale=args.scale,
         )
     except VitAttnError as error:
         print(f"vitattn: {error}", file=sys.stderr)

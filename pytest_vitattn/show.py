@@ -52,17 +52,23 @@ def grid_stack(maps: np.ndarray, rollout: np.ndarray | None) -> np.ndarray:
 
 
 def render_grid_png(
-    maps: np.ndarray, rollout: np.ndarray | None, image: np.ndarray
+    maps: np.ndarray,
+    rollout: np.ndarray | None,
+    image: np.ndarray,
+    colour_scale: str = "shared",
 ) -> tuple[bytes, GridLayout]:
     """The grid as one PNG: the model's input image, then heads, head mean (and rollout).
 
-    Each row is a layer, as in the notebook's figure; each map is scaled to its own min..max
-    on viridis, as in the report.
+    Each row is a layer, as in the notebook's figure, on viridis. ``colour_scale="shared"``
+    (the report's default) colours every map in multiples of uniform attention (1/8x..32x,
+    log), so a near-uniform head looks flat; ``"own"`` scales each map to its own min..max,
+    as the notebook's imshow does (vivid even when the map is nearly uniform).
 
     Args:
         maps: (layers, heads, grid_h, grid_w) CLS attention maps.
         rollout: (layers, grid_h, grid_w) rollout maps, or None.
         image: (height, width, 3) uint8, the image as the model saw it.
+        colour_scale: "shared" or "own" (see above).
 
     Returns:
         PNG bytes and the layout of the maps in it.
@@ -73,7 +79,11 @@ def render_grid_png(
     layers, _, grid_h, grid_w = stack.shape
     scale = max(1, round(CELL_PIXELS / max(grid_h, grid_w)))
     sprite = Image.open(
-        io.BytesIO(heatmaps.sprite_png(stack, scale=scale, gap=GAP_PIXELS, opaque_gap=True))
+        io.BytesIO(
+            heatmaps.sprite_png(
+                stack, scale=scale, gap=GAP_PIXELS, opaque_gap=True, colour_scale=colour_scale
+            )
+        )
     ).convert("RGB")
     cell_w, cell_h = grid_w * scale, grid_h * scale
     left = cell_w + GAP_PIXELS
@@ -118,6 +128,7 @@ def show(
     rollout: str | None = "mean",
     token: str | int = "cls",
     threads: int | None = None,
+    colour_scale: str = "shared",
 ) -> Any:
     """Probe one image and write its grid to ``out`` (.png, .html, .npy or .npz).
 
@@ -147,7 +158,9 @@ def show(
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         rollout_maps = None if attention.rollout_maps is None else attention.rollout_maps.numpy()
-        data, _ = render_grid_png(attention.maps.numpy(), rollout_maps, attention.record.image)
+        data, _ = render_grid_png(
+            attention.maps.numpy(), rollout_maps, attention.record.image, colour_scale
+        )
         out.write_bytes(data)
     elif out.suffix == ".html":
         _write_report(context.records, out)

@@ -117,7 +117,7 @@ def test_show_reproduces_the_notebook_grid_for_deit_tiny(tmp_path, photo_file):
     weights = tmp_path / "deit_tiny_random.safetensors"
     save_file(model.state_dict(), str(weights))
     common = ["--model", "deit_tiny_patch16_224", "--weights", weights]
-    shown = run_show(photo_file, *common, "--out", "grid.png", cwd=tmp_path)
+    shown = run_show(photo_file, *common, "--scale", "own", "--out", "grid.png", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == (
         "vitattn: 12 layers x 3 heads of deit_tiny_patch16_224 on bird.png (14x14 patches): "
@@ -152,7 +152,9 @@ def test_show_reproduces_the_notebook_grid_for_the_shipped_model(tmp_path, photo
     from pytest_vitattn import zoo
 
     model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=True).eval()
-    shown = run_show(photo_file, "--model", zoo.FAITHFUL_MODEL, "--out", "g.png", cwd=tmp_path)
+    shown = run_show(
+        photo_file, "--model", zoo.FAITHFUL_MODEL, "--scale", "own", "--out", "g.png", cwd=tmp_path
+    )
     assert shown.returncode == 0, shown.stderr
     run_show(photo_file, "--model", zoo.FAITHFUL_MODEL, "--out", "maps.npy", cwd=tmp_path)
     notebook = notebook_maps(model, Image.open(photo_file).convert("RGB"), 64, zoo.MEAN, zoo.STD)
@@ -195,3 +197,21 @@ def test_show_checks_its_options_with_the_plugins_parsers(tmp_path, photo_file):
     shown = run_show(photo_file, "--model-kwargs", "num_classes", cwd=tmp_path)
     assert shown.returncode == 2
     assert "'num_classes' is not KEY=VALUE" in shown.stderr
+
+
+def test_show_colours_maps_on_the_reports_shared_scale_by_default(tmp_path, photo_file):
+    from pytest_vitattn import zoo
+    from pytest_vitattn.report.heatmaps import shared_levels
+
+    common = ["--model", zoo.FAITHFUL_MODEL]
+    shown = run_show(photo_file, *common, "--out", "grid.png", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert run_show(photo_file, *common, "--out", "maps.npz", cwd=tmp_path).returncode == 0
+    with np.load(tmp_path / "maps.npz") as saved:
+        maps = saved["maps"]
+    rendered = rendered_levels(tmp_path / "grid.png", maps, rollout=True)
+    shared = np.array([[shared_levels(m) for m in layer] for layer in maps]).astype(int)
+    own = expected_levels(maps)
+    assert np.abs(rendered - shared).max() <= 1
+    assert (rendered == shared).mean() > 0.99
+    assert np.abs(rendered - own).mean() > 3  # not the per-map scaling
