@@ -182,8 +182,10 @@ class CLSAttention:
         """The test's ``regression.TestBaselines``; only probes made by the fixture have one."""
         if self._baselines is None:
             raise BaselineError(
-                "attention baselines belong to a pytest test: use the vitattn fixture, or "
-                "give the Probe a ProbeContext(baselines=regression.TestBaselines(...))"
+                "attention baselines belong to one pytest test: probe with the vitattn "
+                "fixture in the test that checks the baseline (a vitattn_probe result is "
+                "shared between tests, so it has none), or outside pytest give the Probe a "
+                "ProbeContext(baselines=regression.TestBaselines(...))"
             )
         return self._baselines
 

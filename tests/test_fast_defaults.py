@@ -167,6 +167,27 @@ def test_a_module_scoped_fixture_shares_one_forward_and_a_test_probes_two_models
     ]
 
 
+def test_a_shared_probe_refuses_a_baseline_and_says_which_fixture_has_one(pytester):
+    pytester.makepyfile(
+        test_shared=SHARED
+        + """
+
+def test_baseline(shared_attn):
+    shared_attn.matches_baseline()
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-k", "baseline")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *BaselineError: attention baselines belong to one pytest test: probe with the "
+            "vitattn fixture in the test that checks the baseline (a vitattn_probe result is "
+            "shared between tests, so it has none)*"
+        ]
+    )
+    assert not (pytester.path / "vitattn_baselines").exists()
+
+
 def test_shared_probes_work_under_xdist(pytester):
     pytester.makepyfile(test_shared=SHARED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
