@@ -49,9 +49,9 @@ def test_an_unrelated_test_run_imports_neither_torch_nor_timm(tmp_path):
     assert run_python(code, tmp_path) == {"heavy": [], "plugin": True}
 
 
-def test_the_plugin_imports_in_under_a_tenth_of_a_second(tmp_path):
-    # -X importtime counts only import work (not interpreter start-up), so this is stable
-    # enough to assert on: the top-level imports after pytest's own are the plugin's cost.
+def test_the_plugin_imports_in_under_half_of_what_pytest_itself_costs(tmp_path):
+    # -X importtime counts only import work (not interpreter start-up). A ratio to pytest's
+    # own import in the same interpreter, not a time limit: load on the machine slows both.
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import pytest; import pytest_vitattn.plugin"],
         cwd=tmp_path,
@@ -66,8 +66,12 @@ def test_the_plugin_imports_in_under_a_tenth_of_a_second(tmp_path):
         if cumulative.strip().isdigit() and not name[1:].startswith(" ")
     ]
     names = [name for name, _ in top_level]
+    pytest_cost = top_level[names.index("pytest")][1]
     after_pytest = top_level[names.index("pytest") + 1 :]
     assert "pytest_vitattn.plugin" in [name for name, _ in after_pytest]
     microseconds = sum(cumulative for _, cumulative in after_pytest)
-    if microseconds >= 100_000:
-        pytest.fail(f"importing the plugin took {microseconds / 1e3:.0f} ms: {after_pytest}")
+    if microseconds >= 0.5 * pytest_cost:
+        pytest.fail(
+            f"importing the plugin took {microseconds / 1e3:.0f} ms, pytest itself "
+            f"{pytest_cost / 1e3:.0f} ms: {after_pytest}"
+        )
