@@ -222,17 +222,8 @@ def _class_attention(model: nn.Module, name: str) -> Anatomy:
             raise UnsupportedModelError(f"{name}.{path} is not class attention")
         sites.append(AttentionSite(path, f"{path}.{kind.softmax_node}", layer, kind.call))
     family = _FAMILY_OF_CLASS.get(name, name.lower())
-    return Anatomy(
-        family=family,
-        sites=tuple(sites),
-        num_prefix_tokens=1,
-        query_index=0,
-        fast_path=True,
-        num_queries=1,
-        named_queries=(("cls", 0),),
-        has_rollout=False,
-        grid_rule=conv_stack_grid if family == "xcit" else patch_embed_grid,
-    )
+    grid_rule = conv_stack_grid if family == "xcit" else patch_embed_grid
+    return families.cls_only(family, sites, grid_rule, rollout=False)
 
 
 def _check_patch_embed(model: nn.Module, name: str) -> None:

@@ -31,7 +31,8 @@ def _site(model: nn.Module, path: str, layer: int, queries: str) -> AttentionSit
     return AttentionSite(path, f"{path}.{kind.softmax_node}", layer, kind.call)
 
 
-def _cls_only(family: str, sites: list[AttentionSite], grid_rule, rollout: bool) -> Anatomy:
+def cls_only(family: str, sites: list[AttentionSite], grid_rule, rollout: bool) -> Anatomy:
+    """The anatomy of a model whose read layers have one query, the CLS token at 0."""
     return Anatomy(
         family=family,
         sites=tuple(sites),
@@ -74,7 +75,7 @@ def convit(model: nn.Module) -> Anatomy:
     from pytest_vitattn.extract.grids import patch_embed_grid
 
     # No rollout: the GPSA layers before the CLS token have no CLS row to chain.
-    return _cls_only("convit", sites, patch_embed_grid, rollout=False)
+    return cls_only("convit", sites, patch_embed_grid, rollout=False)
 
 
 # --- VOLO ---------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def volo(model: nn.Module) -> Anatomy:
         _site(model, f"post_network.{index}.attn", index, "class")
         for index in range(len(model.post_network))
     ]
-    return _cls_only("volo", sites, _volo_grid, rollout=False)
+    return cls_only("volo", sites, _volo_grid, rollout=False)
 
 
 def _volo_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -143,7 +144,7 @@ def tnt(model: nn.Module) -> Anatomy:
         _site(model, f"blocks.{index}.attn_out", index, "tokens")
         for index in range(len(model.blocks))
     ]
-    return _cls_only("tnt", sites, _tnt_grid, rollout=True)
+    return cls_only("tnt", sites, _tnt_grid, rollout=True)
 
 
 def _tnt_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -197,7 +198,7 @@ def crossvit(model: nn.Module, branch: int | None) -> Anatomy:
         raise UnsupportedModelError(f"{name} branch {branch} has no self-attention blocks")
     # No rollout: the cross-attention between the blocks mixes the branches' CLS tokens.
     grid_rule = partial(_crossvit_grid, branch=branch)
-    return _cls_only(f"crossvit-branch{branch}", sites, grid_rule, rollout=False)
+    return cls_only(f"crossvit-branch{branch}", sites, grid_rule, rollout=False)
 
 
 def _crossvit_grid(model: nn.Module, input_hw: tuple[int, int], branch: int) -> tuple[int, int]:
