@@ -88,6 +88,8 @@ class CLSAttention:
         self._baselines = baselines
         self.strict_masks = strict_masks
         self._masks: dict[Any, ResolvedMask] = {}
+        # (source, label ids) -> (name, input-resolution mask), read once per source.
+        self._inputs: dict[Any, tuple[str, torch.Tensor]] = {}
         # first_block -> (L, H, h, w) maps with blocks first_block.. re-initialised; see
         # pytest_vitattn.sanity (the cascading randomisation check).
         self.randomiser = randomiser
@@ -251,22 +253,29 @@ class CLSAttention:
         """
         ids = check_label(label)
         grid = self.grid if grid is None else (int(grid[0]), int(grid[1]))
-        key = (_mask_key(source), ids) if not self.ragged else (_mask_key(source), ids, grid)
-        if key in self._masks:
-            return self._masks[key]
-        name = label_of(source, len(self._masks), "mask")
-        if ids is not None:
-            name += f" (label {ids[0] if len(ids) == 1 else list(ids)})"
-        try:
-            array = load_mask(source, ids)
-            input_mask = self.preprocessing.mask_to_input(array, self.geometry)
-        except MaskError as error:
-            raise MaskError(f"{error} (mask for image {self.image_label})") from None
-        if not input_mask.any():
-            raise MaskError(self._empty_mask_message(name, array))
+        key = (_mask_key(source), ids)
+        if not self.ragged:
+            if key in self._masks:
+                return self._masks[key]
+        elif (key, grid) in self._masks:
+            return self._masks[(key, grid)]
+        if key in self._inputs:  # a ragged model's mask, already read for another grid
+            name, input_mask = self._inputs[key]
+        else:
+            name = label_of(source, len(self._inputs), "mask")
+            if ids is not None:
+                name += f" (label {ids[0] if len(ids) == 1 else list(ids)})"
+            try:
+                array = load_mask(source, ids)
+                input_mask = self.preprocessing.mask_to_input(array, self.geometry)
+            except MaskError as error:
+                raise MaskError(f"{error} (mask for image {self.image_label})") from None
+            if not input_mask.any():
+                raise MaskError(self._empty_mask_message(name, array))
+            self._inputs[key] = (name, input_mask)
         reduced = Preprocessing.mask_to_grid(input_mask, grid)
         resolved = ResolvedMask(name, reduced)
-        self._masks[key] = resolved
+        self._masks[key if not self.ragged else (key, grid)] = resolved
         self.record.add_mask(MaskRecord(resolved.label, reduced.numpy(), input_mask >= 0.5))
         return resolved
 

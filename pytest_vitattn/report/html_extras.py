@@ -32,6 +32,9 @@ def attach_extras(report: Any, report_path: Path | None, config: Any) -> None:
     html_report = Path(str(config.getoption("htmlpath"))).resolve()
     added = []
     for record in records:
+        if isinstance(record["maps"], list):  # a grid per layer: only the vitattn report
+            added.append(extras.html(str(summary_html(record, report_path, html_report.parent))))
+            continue
         sprite = labelled_grid_png(grid_stack(record), column_names(record), _scale(record))
         added.append(
             extras.png(
@@ -116,6 +119,12 @@ def summary_html(record: dict[str, Any], report_path: Path | None, html_dir: Pat
         f"{columns} (columns), coloured in multiples of uniform attention (1x = every "
         f"patch equal). Checks: {'; '.join(checks) or 'none'}."
     )
+    if isinstance(record["maps"], list):
+        text = escape(
+            f"{record['image_label']} on {record['model'].get('name')}: the patch grid and "
+            f"heads change between layers, so the grid is shown only in the vitattn report. "
+            f"Checks: {'; '.join(checks) or 'none'}."
+        )
     if report_path is None:
         return Markup("<p>{}</p>").format(text)
     href = os.path.relpath(report_path, html_dir).replace(os.sep, "/")
