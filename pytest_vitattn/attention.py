@@ -213,7 +213,8 @@ class CLSAttention:
             layers: compare only these layers (negative counts from the end).
 
         Returns:
-            The ``drift.Drift`` measures, arrays of shape (layers, heads).
+            The ``drift.Drift`` measures, arrays of shape (layers, heads); for a model whose
+            heads change between layers, of shape (maps,): each layer's heads in order.
 
         Raises:
             AssertionError: maps drifted past the tolerance (worst listed first), or the

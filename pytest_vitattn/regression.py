@@ -90,7 +90,8 @@ class TestBaselines:
         """Every head of every layer (or of ``layers``) against the baseline.
 
         Returns:
-            The drift, arrays shaped (len(layers), H).
+            The drift, arrays shaped (len(layers), H); for per-layer maps (a model whose
+            grid and heads change between layers), (maps,), each layer's heads in order.
 
         Raises:
             AssertionError: maps drifted past the tolerance, or the baseline was missing
