@@ -370,9 +370,9 @@ FAMILIES: tuple[FamilyCase, ...] = (
         "PiT",
         "`pit_*`",
         SUPPORTED,
-        "CLS row (`token='dist'`: the distillation row) of every block, each layer on its "
-        "stage's own grid and heads (27x27, 14x14, 7x7 and 2, 4, 8 heads in `pit_ti_224`); "
-        "no rollout",
+        "CLS row of every block (`*_distilled_*`: `token='dist'` reads the distillation row), "
+        "each layer on its stage's own grid and heads (27x27, 14x14, 7x7 and 2, 4, 8 heads "
+        "in `pit_ti_224`); no rollout",
         "pit_ti_224",
         {"img_size": 64, "depth": (1, 2, 1)},
         grid=(7, 7),
