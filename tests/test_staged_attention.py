@@ -118,3 +118,28 @@ def test_records_and_baseline_files_keep_every_layers_shape(pit, photo, tmp_path
     path.write_bytes(header)
     with pytest.raises(BaselineError, match="corrupt: it has no flat float16 tensor"):
         baseline.read(path)
+
+
+def test_show_writes_per_layer_rows_and_arrays(tmp_path, photo):
+    from PIL import Image
+
+    from pytest_vitattn.errors import VitAttnError
+    from pytest_vitattn.show import CELL_PIXELS, GAP_PIXELS, show
+
+    photo.save(tmp_path / "photo.png")
+    kwargs = {"model": "pit_ti_224", "weights": "random", "rollout": None}
+    show(tmp_path / "photo.png", tmp_path / "grid.png", **kwargs)
+    # Rows at their own scale: 27x27 at 4 px, 14x14 at 7 px, 7x7 at 14 px per patch (about
+    # CELL_PIXELS each), the widest row the last: image + 8 heads + mean.
+    scales = [round(CELL_PIXELS / size) for size in (27, 14, 7)]
+    heights = [27 * scales[0]] * 2 + [14 * scales[1]] * 6 + [7 * scales[2]] * 4
+    width = 10 * (7 * scales[2] + GAP_PIXELS) - GAP_PIXELS
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (width, sum(heights) + GAP_PIXELS * 11)
+    show(tmp_path / "photo.png", tmp_path / "maps.npz", **kwargs)
+    arrays = np.load(tmp_path / "maps.npz")
+    assert [arrays[f"maps_{i}"].shape for i in range(12)] == [
+        (h, *g) for h, g in zip(HEADS, GRIDS, strict=True)
+    ]
+    with pytest.raises(VitAttnError, match=r"one \.npy array cannot hold; use \.npz"):
+        show(tmp_path / "photo.png", tmp_path / "maps.npy", **kwargs)
