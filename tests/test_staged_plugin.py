@@ -87,6 +87,8 @@ def test_pit_runs_end_to_end_with_per_layer_grids(pit_suite, pit_weights):
         pit_weights["a"],
         "--vitattn-missing-baselines=write",
         "--vitattn-report=out/report.html",
+        "--html=out/pytest-html.html",
+        "--self-contained-html",
     )
     first.assert_outcomes(passed=1, failed=1)
     # The failing check says which layer and grid it judged.
@@ -121,6 +123,11 @@ def test_pit_runs_end_to_end_with_per_layer_grids(pit_suite, pit_weights):
     # heads 2..7 of layer 0 are empty cells, in each of the two records' grids
     assert html.count('class="no-head" title="layer 0 has 2 heads"') == 6 * 2
     assert html.count('class="no-head" title="layer 11 has 8 heads"') == 0
+
+    # pytest-html gets each layer's row at its own grid (an image) and says so.
+    page = (pit_suite.path / "out" / "pytest-html.html").read_text()
+    assert page.count("layers (rows, each at its own patch grid)") == 2
+    assert page.count("mime_type&#34;: &#34;image/png") == 2
 
     # The baseline holds on the same weights, and other weights drift.
     second = run(pit_suite, pit_weights["a"])
