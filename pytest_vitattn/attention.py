@@ -20,7 +20,7 @@ from PIL import Image
 from pytest_vitattn import metrics
 from pytest_vitattn.errors import AttentionValueError, BaselineError, MaskError, user_facing
 from pytest_vitattn.images import label_of, load_mask
-from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, upsample
+from pytest_vitattn.maps import HEAD_FUSIONS, fuse_heads, grids_text, upsample
 from pytest_vitattn.masks import check_label
 from pytest_vitattn.preprocess import Geometry, Preprocessing
 from pytest_vitattn.records import AttentionRecord, CheckResult, MaskRecord
@@ -42,11 +42,18 @@ class ResolvedMask:
 class CLSAttention:
     """CLS attention of one image: every layer and head, on the patch grid.
 
+    Models whose grid and head count change between layers (PiT, MViTv2 ``*_cls``: the
+    grid is ``ragged``) have no single (L, H, h, w) stack: ``layer_maps`` holds each layer's
+    (H_l, h_l, w_l) maps, ``grids`` and ``heads_per_layer`` say each layer's grid and
+    heads, and ``maps``, ``grid`` and ``num_heads`` raise an error that names them.
+
     Attributes:
         maps: (L, H, grid_h, grid_w) float32, each map sums to 1 over patch tokens (the
             prefix tokens' columns are dropped and the row renormalised).
+        layer_maps: the same maps per layer, a list of L (H_l, h_l, w_l) tensors.
         rollout_maps: (L, grid_h, grid_w) float32 attention rollout after each layer, or None.
-        prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens.
+        prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens (a
+            list of L (H_l,) tensors for a ragged model).
         record: the record every check on this image is added to.
         strict_masks: whether checks fail (instead of warning) when a mask covers more than
             half of the image or a passing value is below chance.
@@ -54,9 +61,9 @@ class CLSAttention:
 
     def __init__(
         self,
-        maps: torch.Tensor,
+        maps: torch.Tensor | list[torch.Tensor],
         rollout_maps: torch.Tensor | None,
-        prefix_share: torch.Tensor,
+        prefix_share: torch.Tensor | list[torch.Tensor],
         *,
         geometry: Geometry,
         preprocessing: Preprocessing,
@@ -67,7 +74,9 @@ class CLSAttention:
         rollout_source: Callable[[], torch.Tensor | None] | None = None,
         randomiser: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
-        self.maps = maps
+        self.ragged = isinstance(maps, (list, tuple))
+        self._maps = maps
+        self.layer_maps: list[torch.Tensor] = list(maps)
         self.rollout_maps = rollout_maps
         # Computes rollout_maps on first use when the probe did not (see Probe.eager_rollout).
         self._rollout_source = rollout_source
@@ -79,22 +88,54 @@ class CLSAttention:
         self._baselines = baselines
         self.strict_masks = strict_masks
         self._masks: dict[Any, ResolvedMask] = {}
+        # (source, label ids) -> (name, input-resolution mask), read once per source.
+        self._inputs: dict[Any, tuple[str, torch.Tensor]] = {}
         # first_block -> (L, H, h, w) maps with blocks first_block.. re-initialised; see
         # pytest_vitattn.sanity (the cascading randomisation check).
         self.randomiser = randomiser
         self.randomised_maps: dict[int, torch.Tensor] = {}
 
     @property
+    def maps(self) -> torch.Tensor:
+        """(L, H, grid_h, grid_w) maps; a ragged model has none (see ``layer_maps``)."""
+        if self.ragged:
+            raise self._ragged_error("its maps are not one (L, H, h, w) tensor")
+        return self._maps  # type: ignore[return-value]
+
+    @property
     def num_layers(self) -> int:
-        return int(self.maps.shape[0])
+        return len(self.layer_maps)
 
     @property
     def num_heads(self) -> int:
-        return int(self.maps.shape[1])
+        if self.ragged:
+            raise self._ragged_error("it has no single head count")
+        return int(self._maps.shape[1])  # type: ignore[union-attr]
 
     @property
     def grid(self) -> tuple[int, int]:
-        return int(self.maps.shape[-2]), int(self.maps.shape[-1])
+        if self.ragged:
+            raise self._ragged_error("it has no single patch grid")
+        return int(self._maps.shape[-2]), int(self._maps.shape[-1])  # type: ignore[union-attr]
+
+    @property
+    def grids(self) -> tuple[tuple[int, int], ...]:
+        """Each layer's (grid_h, grid_w); all equal unless the model is ragged."""
+        return tuple((int(m.shape[-2]), int(m.shape[-1])) for m in self.layer_maps)
+
+    @property
+    def heads_per_layer(self) -> tuple[int, ...]:
+        """Each layer's head count; all equal unless the model is ragged."""
+        return tuple(int(m.shape[0]) for m in self.layer_maps)
+
+    def _ragged_error(self, what: str) -> AttentionValueError:
+        heads = "/".join(str(h) for h in dict.fromkeys(self.heads_per_layer))
+        return AttentionValueError(
+            f"{self.model_name} attends over a different patch grid in different layers "
+            f"({grids_text(self.grids)}) with {heads} heads, so {what}: take one layer "
+            f"(attn.layer(i), attn.expect(layer=i)) or attn.layer_maps[i] "
+            f"((heads, h, w) per layer), and attn.grids / attn.heads_per_layer"
+        )
 
     @property
     def image_label(self) -> str:
@@ -105,6 +146,12 @@ class CLSAttention:
         return str(self.record.model["name"])
 
     def __repr__(self) -> str:
+        if self.ragged:
+            return (
+                f"CLSAttention({self.image_label!r}, model={self.model_name!r}, "
+                f"layers={self.num_layers}, heads={self.heads_per_layer}, "
+                f"grids={grids_text(self.grids)!r})"
+            )
         return (
             f"CLSAttention({self.image_label!r}, model={self.model_name!r}, "
             f"layers={self.num_layers}, heads={self.num_heads}, grid={self.grid})"
@@ -115,7 +162,7 @@ class CLSAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
         resolved = _resolve_index(index, self.num_layers, "layer")
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
-        return LayerAttention(self, self.maps[resolved], label, index=resolved)
+        return LayerAttention(self, self.layer_maps[resolved], label, index=resolved)
 
     @user_facing
     def rollout(self, layer: int = -1) -> AttentionMap:
@@ -127,7 +174,8 @@ class CLSAttention:
             raise AttentionValueError(
                 "attention rollout was not computed for this probe: it was switched off "
                 "(probe with rollout='mean', or --vitattn-rollout=mean), or the model has no "
-                "square self-attention to chain in every layer (CaiT, XCiT, attention pooling)"
+                "square self-attention to chain in every layer (CaiT, XCiT, attention pooling, "
+                "and PiT and MViTv2, whose token count changes between layers)"
             )
         resolved = _resolve_index(layer, self.num_layers, "layer")
         return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")
@@ -165,7 +213,8 @@ class CLSAttention:
             layers: compare only these layers (negative counts from the end).
 
         Returns:
-            The ``drift.Drift`` measures, arrays of shape (layers, heads).
+            The ``drift.Drift`` measures, arrays of shape (layers, heads); for a model whose
+            heads change between layers, of shape (maps,): each layer's heads in order.
 
         Raises:
             AssertionError: maps drifted past the tolerance (worst listed first), or the
@@ -190,32 +239,45 @@ class CLSAttention:
         return self._baselines
 
     @user_facing
-    def mask(self, source: Any, label: Any = None) -> ResolvedMask:
+    def mask(
+        self, source: Any, label: Any = None, grid: tuple[int, int] | None = None
+    ) -> ResolvedMask:
         """Bring a mask given in original image space to the patch grid (cached per source).
 
         Args:
             source: a path, PIL image, or (height, width) array/tensor; see
                 ``pytest_vitattn.masks`` for how values are read.
             label: id(s) of the object when ``source`` is a label map or palette PNG.
+            grid: the (grid_h, grid_w) to reduce it to (by area fraction per patch);
+                default the model's grid. Models whose grid changes between layers reduce
+                the mask to each checked layer's own grid.
         """
         ids = check_label(label)
+        grid = self.grid if grid is None else (int(grid[0]), int(grid[1]))
         key = (_mask_key(source), ids)
-        if key in self._masks:
-            return self._masks[key]
-        name = label_of(source, len(self._masks), "mask")
-        if ids is not None:
-            name += f" (label {ids[0] if len(ids) == 1 else list(ids)})"
-        try:
-            array = load_mask(source, ids)
-            input_mask = self.preprocessing.mask_to_input(array, self.geometry)
-        except MaskError as error:
-            raise MaskError(f"{error} (mask for image {self.image_label})") from None
-        if not input_mask.any():
-            raise MaskError(self._empty_mask_message(name, array))
-        grid = Preprocessing.mask_to_grid(input_mask, self.grid)
-        resolved = ResolvedMask(name, grid)
-        self._masks[key] = resolved
-        self.record.add_mask(MaskRecord(resolved.label, grid.numpy(), input_mask >= 0.5))
+        if not self.ragged:
+            if key in self._masks:
+                return self._masks[key]
+        elif (key, grid) in self._masks:
+            return self._masks[(key, grid)]
+        if key in self._inputs:  # a ragged model's mask, already read for another grid
+            name, input_mask = self._inputs[key]
+        else:
+            name = label_of(source, len(self._inputs), "mask")
+            if ids is not None:
+                name += f" (label {ids[0] if len(ids) == 1 else list(ids)})"
+            try:
+                array = load_mask(source, ids)
+                input_mask = self.preprocessing.mask_to_input(array, self.geometry)
+            except MaskError as error:
+                raise MaskError(f"{error} (mask for image {self.image_label})") from None
+            if not input_mask.any():
+                raise MaskError(self._empty_mask_message(name, array))
+            self._inputs[key] = (name, input_mask)
+        reduced = Preprocessing.mask_to_grid(input_mask, grid)
+        resolved = ResolvedMask(name, reduced)
+        self._masks[key if not self.ragged else (key, grid)] = resolved
+        self.record.add_mask(MaskRecord(resolved.label, reduced.numpy(), input_mask >= 0.5))
         return resolved
 
     def _empty_mask_message(self, name: str, array: np.ndarray) -> str:
@@ -294,8 +356,9 @@ class AttentionMap:
     Attributes:
         grid: (grid_h, grid_w) float32, sums to 1.
         label: which layer/head/fusion it is, e.g. "layer 11 of 0..11, mean of 3 heads".
-        take: takes the same map from other (L, H, h, w) maps, e.g. a baseline's; None for
-            rollout, which CLS maps alone cannot reproduce.
+        take: takes the same map from other (L, H, h, w) maps (or a list of per-layer
+            (H_l, h_l, w_l) maps), e.g. a baseline's; None for rollout, which CLS maps alone
+            cannot reproduce.
         layer: the layer index (0-based) of a layer's head or fused heads; None for rollout.
     """
 
@@ -316,6 +379,12 @@ class AttentionMap:
     def __repr__(self) -> str:
         return f"AttentionMap({self.label!r}, grid={tuple(self.grid.shape)})"
 
+    def resolve_mask(self, mask: Any, label: Any = None) -> ResolvedMask:
+        """The mask on this map's own grid (area fraction per patch), cached per grid."""
+        return self.parent.mask(
+            mask, label, grid=(int(self.grid.shape[-2]), int(self.grid.shape[-1]))
+        )
+
     @user_facing
     def upsampled(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(height, width) float32 bilinear upsampling; default: the model input size."""
@@ -327,7 +396,7 @@ class AttentionMap:
 
         ``label=`` picks the object's id(s) in a label map or palette PNG.
         """
-        resolved = self.parent.mask(mask, label)
+        resolved = self.resolve_mask(mask, label)
         value = metrics.mass_in_mask(self.grid, resolved.grid)
         self._measured("mass_in_mask", value, resolved)
         return value
@@ -335,7 +404,7 @@ class AttentionMap:
     @user_facing
     def pointing_game(self, mask: Any, label: Any = None) -> bool:
         """Whether the most attended patch touches the mask (``label=``: ids in a label map)."""
-        resolved = self.parent.mask(mask, label)
+        resolved = self.resolve_mask(mask, label)
         hit = metrics.pointing_game(self.grid, resolved.grid)
         self._measured("pointing_game", float(hit), resolved)
         return hit
@@ -352,7 +421,7 @@ class AttentionMap:
         Raises:
             metrics.UndefinedMetricError: no patch is at least half covered by the mask.
         """
-        resolved = self.parent.mask(mask, label)
+        resolved = self.resolve_mask(mask, label)
         value = metrics.top_k_iou(self.grid, resolved.grid, k)
         chance = metrics.top_k_chance(resolved.grid, k)
         self._measured("top_k_iou", value, resolved, chance)
@@ -418,11 +487,12 @@ def _mask_key(source: Any) -> Any:
 def _taker(
     layer: int | None, head: int | None = None, fusion: str | None = None
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """Takes (L, H, h, w) maps to the (h, w) map of ``layer``'s ``head`` or fused heads."""
+    """Takes (L, H, h, w) maps (or a per-layer list) to the (h, w) map of ``layer``'s
+    ``head`` or fused heads."""
     if layer is None:
         return None
     if head is not None:
-        return lambda maps: maps[layer, head]
+        return lambda maps: maps[layer][head]
     return lambda maps: fuse_heads(torch.from_numpy(maps[layer]), fusion, dim=0).numpy()
 
 

@@ -20,6 +20,12 @@ preprocessing, token layout, extraction method, library versions). Format 2 adde
 hash; format 1 files (named by call order) must be re-created with the update flag. A single
 entry keeps the bytes identical from run to run (safetensors orders several entries
 differently in every process).
+
+Format 3 is written only for models whose grid and head count change between layers (PiT,
+MViTv2 ``*_cls``): ``maps`` is then one flat float16 tensor, every layer's (H_l, h_l, w_l)
+maps one after the other, and the metadata's ``layer_shapes`` says how to cut it (and
+``token_layout.layer_grids`` each layer's grid). Every other model's file stays format 2,
+byte for byte as before.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from pytest_vitattn.errors import BaselineError
 from pytest_vitattn.versions import package_versions
 
 FORMAT = "pytest-vitattn-baseline"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest format read; uniform models' files are written as 2
+_UNIFORM_VERSION = 2
 SUFFIX = ".safetensors"
 DEFAULT_DIR_NAME = "vitattn_baselines"
 METADATA_KEY = "vitattn"
@@ -57,11 +64,12 @@ class Baseline:
     """A baseline read from disk.
 
     Attributes:
-        maps: (L, H, h, w) float32, the stored float16 values.
+        maps: (L, H, h, w) float32, the stored float16 values; for a model with a grid per
+            layer (format 3), a list of L (H_l, h_l, w_l) arrays.
         metadata: what the file says about how the maps were made (see ``describe``).
     """
 
-    maps: np.ndarray
+    maps: np.ndarray | list[np.ndarray]
     metadata: dict[str, Any]
 
 
@@ -145,8 +153,11 @@ def image_key(image_file: str | None, image_sha256: str) -> str:
     return f"image-{image_sha256[:12]}"
 
 
-def stored_values(maps: np.ndarray) -> np.ndarray:
-    """``maps`` as a baseline stores them: rounded to float16, returned as float32."""
+def stored_values(maps: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """``maps`` as a baseline stores them: rounded to float16, returned as float32 (a list
+    of per-layer arrays stays a list)."""
+    if isinstance(maps, list):
+        return [stored_values(layer) for layer in maps]  # type: ignore[misc]
     return np.asarray(maps, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
@@ -156,9 +167,11 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
     Only deterministic facts go in (no time, host or absolute path), so that the same run
     writes the same bytes.
     """
+    if isinstance(record.maps, list):
+        return _describe_per_layer(record, test, image_key)
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": _UNIFORM_VERSION,
         "test": test,
         "image": image_key,
         "image_sha256": record.image_sha256,
@@ -176,6 +189,31 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
     }
 
 
+def _describe_per_layer(record: Any, test: str, image_key: str) -> dict[str, Any]:
+    """``describe`` for a model with a grid per layer (format 3, see the module's doc)."""
+    shapes = [[int(size) for size in layer.shape] for layer in record.maps]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "test": test,
+        "image": image_key,
+        "image_sha256": record.image_sha256,
+        "model": {key: record.model.get(key) for key in ("name", "weights", "weights_id")},
+        "device": record.model.get("device"),
+        "preprocessing": dict(record.preprocessing),
+        "method": record.method,
+        "token_layout": {
+            "num_prefix_tokens": int(record.num_prefix_tokens),
+            "query_index": int(record.query_index),
+            "grid": None,
+            "layer_grids": [shape[1:] for shape in shapes],
+        },
+        "shape": [int(sum(np.prod(shape) for shape in shapes))],
+        "layer_shapes": shapes,
+        "versions": library_versions(),
+    }
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape the maps."""
     return package_versions(_VERSIONED_PACKAGES)
@@ -188,9 +226,16 @@ def encode(maps: np.ndarray, metadata: dict[str, Any]) -> bytes:
     """
     from safetensors.numpy import save
 
-    if np.asarray(maps).ndim != 4:
+    if isinstance(maps, list):  # format 3: the layers one after the other, cut by metadata
+        shapes = [list(layer.shape) for layer in maps]
+        if metadata.get("layer_shapes") != shapes:
+            raise ValueError(f"layer_shapes {metadata.get('layer_shapes')} != maps {shapes}")
+        flat = np.concatenate([np.asarray(layer, dtype=np.float32).ravel() for layer in maps])
+        array = np.ascontiguousarray(flat.astype("<f2"))
+    elif np.asarray(maps).ndim != 4:
         raise ValueError(f"baseline maps must be (L, H, h, w), got shape {np.shape(maps)}")
-    array = np.ascontiguousarray(np.asarray(maps, dtype=np.float32).astype("<f2"))
+    else:
+        array = np.ascontiguousarray(np.asarray(maps, dtype=np.float32).astype("<f2"))
     text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return save({_TENSOR: array}, metadata={METADATA_KEY: text})
 
@@ -231,6 +276,8 @@ def read(path: Path, shown: str | None = None) -> Baseline:
     except OSError as error:
         raise BaselineError(f"baseline {where} could not be read: {error}") from None
     metadata = _metadata(data, where)
+    if "layer_shapes" in metadata:
+        return Baseline(_layer_maps(data, where, metadata), metadata)
     maps = _maps(data, where)
     if list(maps.shape) != metadata.get("shape"):
         raise _corrupt(
@@ -288,6 +335,42 @@ def _maps(data: bytes, where: str) -> np.ndarray:
     if not np.isfinite(maps).all() or (maps < 0).any() or (sums <= 0).any():
         raise _corrupt(where, "its maps are not non-negative finite attention")
     return maps
+
+
+def _layer_maps(data: bytes, where: str, metadata: dict[str, Any]) -> list[np.ndarray]:
+    """A format 3 file's flat tensor cut into its layers' (H_l, h_l, w_l) maps."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    shapes = metadata["layer_shapes"]
+    valid = isinstance(shapes, list) and all(
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(size, int) and size > 0 for size in shape)
+        for shape in shapes
+    )
+    if not valid or not shapes:
+        raise _corrupt(where, f"its layer_shapes {shapes!r} are not a list of [H, h, w]")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as error:
+        raise _corrupt(where, f"safetensors could not read it ({error})") from None
+    flat = tensors.get(_TENSOR)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if flat is None or flat.dtype != np.float16 or flat.ndim != 1 or flat.size != sum(sizes):
+        raise _corrupt(
+            where,
+            f"it has no flat float16 tensor {_TENSOR!r} of {sum(sizes)} values for its "
+            f"layer_shapes",
+        )
+    layers = []
+    for shape, part in zip(shapes, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
+        maps = part.astype(np.float32).reshape(shape)
+        sums = maps.reshape(shape[0], -1).sum(axis=-1)
+        if not np.isfinite(maps).all() or (maps < 0).any() or (sums <= 0).any():
+            raise _corrupt(where, "its maps are not non-negative finite attention")
+        layers.append(maps)
+    return layers
 
 
 def _corrupt(where: str, why: str) -> BaselineError:

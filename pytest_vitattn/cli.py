@@ -95,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     except VitAttnError as error:
         print(f"vitattn: {error}", file=sys.stderr)
         return 2
+    if attention.ragged:  # a grid and head count per layer
+        from pytest_vitattn.maps import grids_text
+
+        heads = "/".join(str(h) for h in dict.fromkeys(attention.heads_per_layer))
+        patches = grids_text(attention.grids)
+        print(
+            f"vitattn: {attention.num_layers} layers x {heads} heads of "
+            f"{attention.model_name} on {attention.image_label} ({patches}): {args.out}"
+        )
+        return 0
     print(
         f"vitattn: {attention.num_layers} layers x {attention.num_heads} heads of "
         f"{attention.model_name} on {attention.image_label} ({attention.grid[0]}x"

@@ -50,7 +50,7 @@ class Expectation:
         """
         __tracebackhide__ = True
         bounds = Bounds.of("mass_in", at_least, at_most)
-        resolved = self.map.parent.mask(mask, label)
+        resolved = self.map.resolve_mask(mask, label)
         value = metrics.mass_in_mask(self.map.grid, resolved.grid)
         chance = metrics.chance_level(resolved.grid)
         return self._judge("mass_in_mask", value, bounds, resolved, chance)
@@ -59,7 +59,7 @@ class Expectation:
     def pointing_game(self, mask: Any, *, label: Any = None) -> bool:
         """The most attended patch touches ``mask`` (``label=``: ids in a label map)."""
         __tracebackhide__ = True
-        resolved = self.map.parent.mask(mask, label)
+        resolved = self.map.resolve_mask(mask, label)
         hit = metrics.pointing_game(self.map.grid, resolved.grid)
         notes = self._dangers(float(hit), 0.0, resolved, None) if hit else []
         headline = details = None
@@ -104,7 +104,7 @@ class Expectation:
         """
         __tracebackhide__ = True
         bounds = Bounds.of("top_k_iou", at_least, at_most)
-        resolved = self.map.parent.mask(mask, label)
+        resolved = self.map.resolve_mask(mask, label)
         try:
             value = metrics.top_k_iou(self.map.grid, resolved.grid, k)
         except metrics.UndefinedMetricError as error:
@@ -320,10 +320,11 @@ class Expectation:
         if headline is not None:
             pass
         elif op == "hit":
-            peak = divmod(int(self.map.grid.argmax()), parent.grid[1])
+            grid_h, grid_w = (int(size) for size in self.map.grid.shape[-2:])
+            peak = divmod(int(self.map.grid.argmax()), grid_w)
             headline = (
                 f"pointing game missed: the most attended patch (row {peak[0]}, col {peak[1]} "
-                f"of the {parent.grid[0]}x{parent.grid[1]} grid) does not touch the mask"
+                f"of the {grid_h}x{grid_w} grid) does not touch the mask"
             )
         else:
             headline = f"{_TITLES[name]} is {value:.3f}, expected {op} {threshold:.3f}"

@@ -42,6 +42,22 @@ def patch_maps(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]
     return (patches / total).reshape(*rows.shape[:-1], height, width)
 
 
+def grids_text(grids: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> str:
+    """Per-layer grids in words, runs of equal grids merged: "27x27 (layers 0-1), 14x14
+    (layers 2-7), 7x7 (layers 8-11)"."""
+    runs: list[list] = []
+    for layer, (height, width) in enumerate(grids):
+        if runs and runs[-1][0] == (height, width):
+            runs[-1][2] = layer
+        else:
+            runs.append([(height, width), layer, layer])
+    parts = []
+    for (height, width), first, last in runs:
+        layers = f"layer {first}" if first == last else f"layers {first}-{last}"
+        parts.append(f"{height}x{width} ({layers})")
+    return ", ".join(parts)
+
+
 def prefix_share(rows: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Share of each attention row that lands on prefix tokens.
 

@@ -197,6 +197,8 @@ class Probe:
         later: _LazyRollout | None = None,
     ) -> CLSAttention:
         layout = extraction.layout
+        if layout.ragged:
+            return self._ragged_result(extraction, index, source, display, geometry, image_sha256)
         rows = extraction.rows[index]
         check_finite(rows, f"the CLS attention of {label_of(source, index)}")
         maps = patch_maps(rows, layout.num_prefix_tokens, layout.grid)
@@ -235,6 +237,65 @@ class Probe:
             strict_masks=self.context.strict_masks,
             rollout_source=None if later is None else later.source(index, record),
             randomiser=lambda first_block: self._randomised_maps(display, first_block, maps),
+        )
+
+    def _ragged_result(
+        self,
+        extraction: Extraction,
+        index: int,
+        source: Any,
+        display: torch.Tensor,
+        geometry: Geometry,
+        image_sha256: str,
+    ) -> CLSAttention:
+        """The result for a model with a grid (and head count) per layer: per-layer maps."""
+        layout = extraction.layout
+        label = label_of(source, index)
+        maps, shares = [], []
+        for layer, layer_rows in enumerate(extraction.rows):
+            rows = layer_rows[index]
+            check_finite(rows, f"the CLS attention of {label} (layer {layer})")
+            maps.append(patch_maps(rows, layout.num_prefix_tokens, layout.grid_of(layer)))
+            shares.append(prefix_share(rows, layout.num_prefix_tokens))
+        record = AttentionRecord(
+            record_id=self._record_id(label),
+            nodeid=self.context.nodeid,
+            location=self.context.location,
+            image_label=label,
+            model=self.loaded.describe(),
+            preprocessing=self.preprocessing.describe(),
+            method=extraction.method,
+            num_prefix_tokens=layout.num_prefix_tokens,
+            query_index=layout.query_index,
+            image=(display.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+            maps=[layer_maps.numpy() for layer_maps in maps],
+            rollout=None,
+            prefix_share=[layer_shares.numpy() for layer_shares in shares],
+            prediction=self._prediction(extraction.logits, index),
+            image_sha256=image_sha256,
+            image_file=file_name_of(source),
+        )
+        self.context.records.append(record)
+        return CLSAttention(
+            maps,
+            None,
+            shares,
+            geometry=geometry,
+            preprocessing=self.preprocessing,
+            record=record,
+            report_hint=self.context.report_hint,
+            baselines=self.context.baselines,
+            strict_masks=self.context.strict_masks,
+            randomiser=lambda _first_block: self._refuse_ragged_randomisation(),
+        )
+
+    def _refuse_ragged_randomisation(self) -> torch.Tensor:
+        from pytest_vitattn.errors import AttentionValueError
+
+        raise AttentionValueError(
+            f"the cascading randomisation check re-initialises model.blocks, but "
+            f"{self.loaded.spec.name} attends over a different grid in different stages "
+            "(no single 'blocks' list): not supported for this model"
         )
 
     def _randomised_maps(

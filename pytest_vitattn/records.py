@@ -52,7 +52,9 @@ class MaskRecord:
 
     Attributes:
         label: file name or position of the mask.
-        grid: (grid_h, grid_w) float32 area fraction per patch.
+        grid: (grid_h, grid_w) float32 area fraction per patch (for a model whose grid
+            changes between layers: on the grid of the first map checked with it; each
+            check reduces the mask to its own layer's grid).
         pixels: (input_h, input_w) bool, the mask at model input resolution.
     """
 
@@ -75,9 +77,13 @@ class AttentionRecord:
         method: extraction path, "fast" or "fx".
         num_prefix_tokens, query_index: the token layout.
         image: (input_h, input_w, 3) uint8, the image as the model saw it.
-        maps: (L, H, grid_h, grid_w) float32 CLS attention over patches, each sums to 1.
+        maps: (L, H, grid_h, grid_w) float32 CLS attention over patches, each sums to 1;
+            for a model whose grid and heads change between layers (PiT, MViTv2), a list of
+            L (H_l, h_l, w_l) arrays (in JSON: a list of encoded arrays, "grid" None and
+            "layer_grids" each layer's grid).
         rollout: (L, grid_h, grid_w) float32 attention rollout after each layer, or None.
-        prefix_share: (L, H) float32 share of CLS attention on prefix tokens.
+        prefix_share: (L, H) float32 share of CLS attention on prefix tokens (a list of
+            L (H_l,) arrays when ``maps`` is a list).
         prediction: {"index", "label", "probability"} of the top class, or None.
         masks: masks used by checks.
         checks: the checks made, in order.
@@ -100,9 +106,9 @@ class AttentionRecord:
     num_prefix_tokens: int
     query_index: int
     image: np.ndarray
-    maps: np.ndarray
+    maps: np.ndarray | list[np.ndarray]
     rollout: np.ndarray | None
-    prefix_share: np.ndarray
+    prefix_share: np.ndarray | list[np.ndarray]
     prediction: dict[str, Any] | None = None
     masks: list[MaskRecord] = field(default_factory=list)
     checks: list[CheckResult] = field(default_factory=list)
@@ -133,10 +139,10 @@ class AttentionRecord:
             "method": self.method,
             "num_prefix_tokens": self.num_prefix_tokens,
             "query_index": self.query_index,
-            "grid": list(self.maps.shape[-2:]),
-            "maps": encode_array(self.maps, "float16"),
+            "grid": None if isinstance(self.maps, list) else list(self.maps.shape[-2:]),
+            "maps": encode_maps(self.maps),
             "rollout": None if self.rollout is None else encode_array(self.rollout, "float16"),
-            "prefix_share": self.prefix_share.round(6).tolist(),
+            "prefix_share": _shares_to_list(self.prefix_share),
             "prediction": self.prediction,
             "masks": [
                 {
@@ -153,6 +159,8 @@ class AttentionRecord:
             "image_sha256": self.image_sha256,
             "image_file": self.image_file,
         }
+        if isinstance(self.maps, list):
+            data["layer_grids"] = [list(layer.shape[-2:]) for layer in self.maps]
         data["image"] = encode_array(self.image, "uint8") if include_pixels else None
         return data
 
@@ -161,7 +169,7 @@ class AttentionRecord:
         """Inverse of ``to_dict`` (maps come back as float32)."""
         baseline = data.get("baseline")
         if baseline is not None:
-            baseline = {**baseline, "maps": decode_array(baseline["maps"]).astype(np.float32)}
+            baseline = {**baseline, "maps": decode_maps(baseline["maps"])}
         randomised = data.get("randomised")
         if randomised is not None:
             randomised = {
@@ -191,11 +199,15 @@ class AttentionRecord:
             image=decode_array(data["image"])
             if data.get("image")
             else np.zeros((0, 0, 3), np.uint8),
-            maps=decode_array(data["maps"]).astype(np.float32),
+            maps=decode_maps(data["maps"]),
             rollout=None
             if data["rollout"] is None
             else decode_array(data["rollout"]).astype(np.float32),
-            prefix_share=np.asarray(data["prefix_share"], dtype=np.float32),
+            prefix_share=(
+                [np.asarray(layer, dtype=np.float32) for layer in data["prefix_share"]]
+                if isinstance(data["maps"], list)
+                else np.asarray(data["prefix_share"], dtype=np.float32)
+            ),
             prediction=data.get("prediction"),
             masks=masks,
             checks=[CheckResult(**check) for check in data["checks"]],
@@ -224,10 +236,30 @@ def decode_array(data: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(data["shape"]).astype(data["dtype"])
 
 
+def encode_maps(maps: np.ndarray | list[np.ndarray]) -> Any:
+    """(L, H, h, w) maps as one encoded float16 array, or a per-layer list as a list of them."""
+    if isinstance(maps, list):
+        return [encode_array(layer, "float16") for layer in maps]
+    return encode_array(maps, "float16")
+
+
+def decode_maps(data: Any) -> np.ndarray | list[np.ndarray]:
+    """Inverse of ``encode_maps``, as float32: an (L, H, h, w) array or a per-layer list."""
+    if isinstance(data, list):
+        return [decode_array(layer).astype(np.float32) for layer in data]
+    return decode_array(data).astype(np.float32)
+
+
+def _shares_to_list(shares: np.ndarray | list[np.ndarray]) -> list:
+    if isinstance(shares, list):
+        return [np.asarray(layer).round(6).tolist() for layer in shares]
+    return shares.round(6).tolist()
+
+
 def _baseline_to_dict(baseline: dict[str, Any] | None) -> dict[str, Any] | None:
     if baseline is None:
         return None
-    return {**baseline, "maps": encode_array(baseline["maps"], "float16")}
+    return {**baseline, "maps": encode_maps(baseline["maps"])}
 
 
 def anchor(record_id: str) -> str:

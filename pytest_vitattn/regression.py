@@ -90,7 +90,8 @@ class TestBaselines:
         """Every head of every layer (or of ``layers``) against the baseline.
 
         Returns:
-            The drift, arrays shaped (len(layers), H).
+            The drift, arrays shaped (len(layers), H); for per-layer maps (a model whose
+            grid and heads change between layers), (maps,), each layer's heads in order.
 
         Raises:
             AssertionError: maps drifted past the tolerance, or the baseline was missing
@@ -98,6 +99,8 @@ class TestBaselines:
             BaselineError: the baseline is corrupt or was made under other conditions.
         """
         __tracebackhide__ = True
+        if isinstance(record.maps, list):
+            return self._check_layers(record, tolerance, layers, report_hint)
         num_layers, num_heads = record.maps.shape[:2]
         chosen = _layer_indices(layers, num_layers)
         entries = [
@@ -114,6 +117,39 @@ class TestBaselines:
             record, tolerance, lambda maps: maps[chosen], entries, selection, report_hint
         )
         return measured.reshape(len(chosen), num_heads)
+
+    def _check_layers(
+        self,
+        record: AttentionRecord,
+        tolerance: Any,
+        layers: Sequence[int] | None,
+        report_hint: str,
+    ) -> drift.Drift:
+        """``check_record`` for a model with a grid and head count per layer.
+
+        Returns:
+            The drift, arrays of shape (maps,): each chosen layer's heads in order.
+        """
+        __tracebackhide__ = True
+        chosen = _layer_indices(layers, len(record.maps))
+        entries = [
+            MapEntry(f"layer {layer}, head {head}", layer, head)
+            for layer in chosen
+            for head in range(record.maps[layer].shape[0])
+        ]
+        selection = (
+            "every layer and head"
+            if layers is None
+            else f"heads of layer(s) {', '.join(map(str, chosen))}"
+        )
+        return self._check(
+            record,
+            tolerance,
+            lambda maps: [maps[layer] for layer in chosen],
+            entries,
+            selection,
+            report_hint,
+        )
 
     def check_map(
         self,
@@ -171,10 +207,7 @@ class TestBaselines:
         _check_comparable(stored, metadata, shown, conclude)
         model_note = self._model_note(stored, metadata)
         record.baseline = _view(stored.maps, shown, "compared", stored.metadata)
-        grid = current.shape[-2:]
-        measured = drift.compare(
-            select(current).reshape(-1, *grid), select(stored.maps).reshape(-1, *grid)
-        )
+        measured = _compare(select(current), select(stored.maps))
         refuse_other_model = model_note is not None and self.model_rule == "require-same"
         return conclude.compared(
             measured, entries, stored, metadata, model_note, report_hint, refuse_other_model
@@ -296,16 +329,17 @@ def incompatibilities(stored: dict[str, Any], current: dict[str, Any]) -> list[s
     """
     problems = []
     for axis, name in enumerate(("layers", "heads")):
-        before, now = stored["shape"][axis], current["shape"][axis]
+        before, now = _layers_heads(stored)[axis], _layers_heads(current)[axis]
         if before != now:
             problems.append(f"{name}: baseline {before}, this run {now}")
     layout_before, layout_now = stored.get("token_layout", {}), current["token_layout"]
     for key, name in (
         ("grid", "patch grid"),
+        ("layer_grids", "patch grid per layer"),
         ("num_prefix_tokens", "prefix tokens"),
         ("query_index", "query token index"),
     ):
-        if layout_before.get(key) != layout_now[key]:
+        if layout_before.get(key) != layout_now.get(key):
             problems.append(
                 f"{name}: baseline {layout_before.get(key)}, this run {layout_now[key]}"
             )
@@ -316,6 +350,14 @@ def incompatibilities(stored: dict[str, Any], current: dict[str, Any]) -> list[s
                 f"preprocessing {key}: baseline {before.get(key)!r}, this run {now.get(key)!r}"
             )
     return problems
+
+
+def _layers_heads(metadata: dict[str, Any]) -> tuple[Any, Any]:
+    """(layers, heads) of baseline metadata; heads is a per-layer list for format 3."""
+    shapes = metadata.get("layer_shapes")
+    if shapes is not None:
+        return len(shapes), [shape[0] for shape in shapes]
+    return metadata["shape"][0], metadata["shape"][1]
 
 
 def version_changes(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[str]]:
@@ -339,16 +381,14 @@ class _Conclusion:
         self.selection = selection
         self.shown = shown
 
-    def written(self, status: str, maps: np.ndarray) -> drift.Drift:
-        flat = maps.reshape(-1, *maps.shape[-2:])
+    def written(self, status: str, maps: Any) -> drift.Drift:
         self._add(0.0, True, "", {"status": status})
-        return drift.compare(flat, flat)
+        return _compare(maps, maps)
 
-    def deferred(self, status: str, maps: np.ndarray, message: str) -> drift.Drift:
+    def deferred(self, status: str, maps: Any, message: str) -> drift.Drift:
         """A missing baseline, recorded as a failed check; the test fails later."""
-        flat = maps.reshape(-1, *maps.shape[-2:])
         self._add(0.0, False, message, {"status": status})
-        return drift.compare(flat, flat)
+        return _compare(maps, maps)
 
     def fail(self, status: str, message: str) -> None:
         __tracebackhide__ = True
@@ -462,9 +502,26 @@ def _read(path: Any, shown: str, conclude: _Conclusion) -> Baseline:
         raise  # unreachable: conclude.error raises
 
 
-def _view(maps: np.ndarray, shown: str, status: str, metadata: dict[str, Any]) -> dict[str, Any]:
+def _compare(current: Any, stored: Any) -> drift.Drift:
+    """The drift of (..., h, w) maps, or of a list of per-layer maps (each layer on its own
+    grid), flattened to one entry per map in order."""
+    if not isinstance(current, list):
+        return drift.compare(
+            current.reshape(-1, *current.shape[-2:]), stored.reshape(-1, *current.shape[-2:])
+        )
+    parts = [_compare(now, before) for now, before in zip(current, stored, strict=True)]
+    return drift.Drift(
+        **{name: np.concatenate([getattr(part, name) for part in parts]) for name in drift.MEASURES}
+    )
+
+
+def _view(maps: Any, shown: str, status: str, metadata: dict[str, Any]) -> dict[str, Any]:
     return {
-        "maps": np.asarray(maps, dtype=np.float32),
+        "maps": (
+            [np.asarray(layer, dtype=np.float32) for layer in maps]
+            if isinstance(maps, list)
+            else np.asarray(maps, dtype=np.float32)
+        ),
         "path": shown,
         "status": status,
         "model": metadata.get("model"),

@@ -103,8 +103,69 @@ def render_grid_png(
     return buffer.getvalue(), layout
 
 
+def render_layer_rows_png(
+    layer_maps: list[np.ndarray], image: np.ndarray, colour_scale: str = "shared"
+) -> bytes:
+    """``render_grid_png`` for a model whose grid and heads change between layers: each row
+    (a layer) at its own grid, scaled to about ``CELL_PIXELS``, with its own heads and the
+    head mean; the image first in every row.
+
+    Args:
+        layer_maps: per layer, (heads_l, h_l, w_l) CLS attention maps.
+        image: (height, width, 3) uint8, the image as the model saw it.
+    """
+    from pytest_vitattn.report import heatmaps
+
+    rows = []
+    for maps in layer_maps:
+        grid_h, grid_w = maps.shape[-2:]
+        scale = max(1, round(CELL_PIXELS / max(grid_h, grid_w)))
+        stack = np.concatenate([maps, maps.mean(axis=0, keepdims=True)])[None]
+        sprite = Image.open(
+            io.BytesIO(
+                heatmaps.sprite_png(
+                    stack, scale=scale, gap=GAP_PIXELS, opaque_gap=True, colour_scale=colour_scale
+                )
+            )
+        ).convert("RGB")
+        picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
+        picture = picture.resize((grid_w * scale, grid_h * scale), Image.Resampling.BILINEAR)
+        row = Image.new("RGB", (picture.width + GAP_PIXELS + sprite.width, sprite.height), "white")
+        row.paste(picture, (0, 0))
+        row.paste(sprite, (picture.width + GAP_PIXELS, 0))
+        rows.append(row)
+    width = max(row.width for row in rows)
+    height = sum(row.height for row in rows) + GAP_PIXELS * (len(rows) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    top = 0
+    for row in rows:
+        canvas.paste(row, (0, top))
+        top += row.height + GAP_PIXELS
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def save_maps(path: Path, attention: Any) -> None:
-    """Maps as arrays: ``.npy`` (layers, heads, grid_h, grid_w), ``.npz`` with rollout too."""
+    """Maps as arrays: ``.npy`` (layers, heads, grid_h, grid_w), ``.npz`` with rollout too.
+
+    A model whose grid changes between layers has no (layers, heads, h, w) array: ``.npz``
+    then holds ``maps_0``, ``maps_1``, ... (heads_l, h_l, w_l) and ``prefix_share_0``, ...;
+    ``.npy`` is refused.
+    """
+    if attention.ragged:
+        if path.suffix == ".npy":
+            raise VitAttnError(
+                f"--out {path.name}: {attention.model_name} has a grid per layer "
+                f"({', '.join(f'{h}x{w}' for h, w in dict.fromkeys(attention.grids))}), which "
+                "one .npy array cannot hold; use .npz (maps_0, maps_1, ... per layer)"
+            )
+        arrays = {f"maps_{i}": m.numpy() for i, m in enumerate(attention.layer_maps)}
+        arrays.update(
+            {f"prefix_share_{i}": s.numpy() for i, s in enumerate(attention.prefix_share)}
+        )
+        np.savez(path, **arrays)
+        return
     maps = attention.maps.numpy()
     if path.suffix == ".npy":
         np.save(path, maps)
@@ -156,7 +217,10 @@ def show(
     )
     attention = probe(image)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".png":
+    if out.suffix == ".png" and attention.ragged:
+        layer_maps = [maps.numpy() for maps in attention.layer_maps]
+        out.write_bytes(render_layer_rows_png(layer_maps, attention.record.image, colour_scale))
+    elif out.suffix == ".png":
         rollout_maps = None if attention.rollout_maps is None else attention.rollout_maps.numpy()
         data, _ = render_grid_png(
             attention.maps.numpy(), rollout_maps, attention.record.image, colour_scale

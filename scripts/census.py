@@ -169,18 +169,47 @@ def classify(
             f"{type(error).__name__}: {_line(error)} ({where.filename}:{where.lineno})",
             cls,
         )
-    differences = [(fast.rows - reference).abs().max().item()]
+    differences = [_max_diff(fast.rows, reference)]
     if fx is not None:
-        differences.append((fx.rows - reference).abs().max().item())
+        differences.append(_max_diff(fx.rows, reference))
     worst = max(differences)
     layout = fast.layout
     paths = "fast + fx" if fx is not None else "fast (fx cannot trace it)"
+    if layout.ragged:  # a grid and head count per layer: each distinct one, in order
+        heads = "/".join(_distinct(str(rows.shape[1]) for rows in fast.rows))
+        grids = "/".join(_distinct(f"{h}x{w}" for h, w in layout.layer_grids))
+        shape = f"{len(fast.rows)} layers x {heads} heads"
+    else:
+        shape = f"{fast.rows.shape[1]} layers x {fast.rows.shape[2]} heads"
+        grids = f"{layout.grid[0]}x{layout.grid[1]}"
     detail = (
-        f"{anatomy.family}: {fast.rows.shape[1]} layers x {fast.rows.shape[2]} heads, "
-        f"{layout.num_prefix_tokens} prefix + {layout.grid[0]}x{layout.grid[1]}; {paths}; "
+        f"{anatomy.family}: {shape}, {layout.num_prefix_tokens} prefix + {grids}; {paths}; "
         f"max diff {worst:.1e}"
     )
     return ("verified" if worst <= TOLERANCE else "WRONG"), detail, cls
+
+
+def _max_diff(rows: Any, reference: Any) -> float:
+    """The largest difference between extracted and reference rows (a tensor, or a list of
+    per-layer tensors for models with a grid per layer, whose shapes must match)."""
+    if isinstance(rows, list) or isinstance(reference, list):
+        if not isinstance(rows, list) or not isinstance(reference, list):
+            return float("inf")
+        if len(rows) != len(reference):
+            return float("inf")
+        return max(_max_diff(got, expected) for got, expected in zip(rows, reference, strict=True))
+    if rows.shape != reference.shape:
+        return float("inf")
+    return (rows - reference).abs().max().item()
+
+
+def _distinct(values: Any) -> list[str]:
+    """``values`` without consecutive repeats."""
+    out: list[str] = []
+    for value in values:
+        if not out or out[-1] != value:
+            out.append(value)
+    return out
 
 
 def _line(error: BaseException) -> str:

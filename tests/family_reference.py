@@ -18,6 +18,7 @@ from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn
 from timm.models.convit import MHSA
 from timm.models.eva import EvaAttention
+from timm.models.mvitv2 import MultiScaleAttention
 from timm.models.tnt import Attention as TntAttention
 from timm.models.vision_transformer import ParallelScalingBlock
 from timm.models.vision_transformer_relpos import RelPosAttention
@@ -93,10 +94,41 @@ def relpos_mlp_bias(module: RelPosAttention) -> torch.Tensor:
     return bias
 
 
+def mvit_projections(
+    module: MultiScaleAttention, x: torch.Tensor, feat_size
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """MViTv2 with a class token: the CLS query (B, H, 1, D) and the keys (B, H, 1 + k, D),
+    the patch keys pooled by the module's depthwise convolution (weights applied here with
+    ``F.conv2d``), the CLS key in front. The relative position bias touches only patch
+    queries and patch keys (rows and columns 1:), so the CLS row has no bias."""
+    assert module.has_cls_token and isinstance(module.pool_k, torch.nn.Conv2d), module
+    h = module.num_heads
+    batch = x.shape[0]
+    q_all, k_all, _ = F.linear(x, module.qkv.weight, module.qkv.bias).chunk(3, dim=-1)
+    q = heads(q_all[:, :1], h)  # the CLS query; pooling leaves it as it is
+    k = heads(k_all, h)  # (B, H, N, D)
+    height, width = feat_size
+    depth = k.shape[-1]
+    patches = k[:, :, 1:].reshape(batch * h, height, width, depth).permute(0, 3, 1, 2)
+    conv = module.pool_k
+    pooled = F.conv2d(
+        patches, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )  # (B * H, D, kh, kw)
+    pooled = pooled.reshape(batch, h, depth, -1).transpose(2, 3)
+    k = torch.cat([k[:, :, :1], pooled], dim=2)
+    if module.norm_q is not None:
+        q = F.layer_norm(q, (depth,), module.norm_q.weight, module.norm_q.bias, module.norm_q.eps)
+    if module.norm_k is not None:
+        k = F.layer_norm(k, (depth,), module.norm_k.weight, module.norm_k.bias, module.norm_k.eps)
+    return q, k, None
+
+
 def projections(
     module: torch.nn.Module, x: torch.Tensor, kwargs: dict
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """q (B, H, Q, D), k (B, H, N, D) and an additive bias from the module's weights."""
+    if isinstance(module, MultiScaleAttention):
+        return mvit_projections(module, x, kwargs["feat_size"])
     if isinstance(module, VoloClassAttention):
         h, dim = module.num_heads, module.q.out_features
         k = F.linear(
@@ -151,14 +183,15 @@ def projections(
     return q, k, None
 
 
-def reference_rows(model, pixels: torch.Tensor, query: int, anatomy=None) -> torch.Tensor:
-    """(B, L, H, N) query rows recomputed from every site's captured input and weights."""
+def reference_rows(model, pixels: torch.Tensor, query: int, anatomy=None):
+    """(B, L, H, N) query rows recomputed from every site's captured input and weights; for
+    a model with a grid per layer (PiT, MViTv2), a list of L (B, H_l, N_l)."""
     anatomy = anatomy or describe(model)
     captured: dict[str, tuple] = {}
     handles = [
         model.get_submodule(site.module_path).register_forward_pre_hook(
             lambda _m, args, kwargs, path=site.module_path: captured.__setitem__(
-                path, (args[0], kwargs)
+                path, (args[0], {**kwargs, **({"feat_size": args[1]} if len(args) > 1 else {})})
             ),
             with_kwargs=True,
         )
@@ -179,4 +212,7 @@ def reference_rows(model, pixels: torch.Tensor, query: int, anatomy=None) -> tor
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack([torch.cat(parts, dim=1) for parts in layers.values()], dim=1)
+    per_layer = [torch.cat(parts, dim=1) for parts in layers.values()]
+    if anatomy.layer_grid_rule is not None:
+        return per_layer
+    return torch.stack(per_layer, dim=1)

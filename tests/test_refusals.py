@@ -69,23 +69,28 @@ def test_class_token_argument_is_named_only_for_classes_that_take_it():
 
 
 @pytest.mark.parametrize("name", ["pit_ti_224", "pit_ti_distilled_224", "mvitv2_small_cls"])
-def test_cls_models_with_changing_grids_are_refused_as_not_supported_yet(name):
-    message = refusal(name)
-    assert "has a CLS token in every stage" in message
-    assert "Maps with a different grid per layer are not supported yet" in message
-    assert "no CLS token" not in message
+def test_cls_models_with_changing_grids_are_read_not_refused(name):
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    anatomy = describe(model)
+    assert anatomy.layer_grid_rule is not None and anatomy.query_index == 0
 
 
 def test_pit_heads_and_grids_are_the_ones_stated():
-    # The family table says 27x27, 14x14, 7x7 at 224 px, and the refusal names the heads.
+    # The family table says 27x27, 14x14, 7x7 and 2, 4, 8 heads at 224 px: the tokens
+    # entering each stage's blocks (CLS + grid, after the stage's pool) and the layout agree.
     model = timm.create_model("pit_ti_224", pretrained=False).eval()
-    tokens = []  # tokens entering each stage's blocks: CLS + grid, after the stage's pool
+    tokens = []
     for stage in model.transformers:
         stage.blocks.register_forward_pre_hook(lambda _m, args: tokens.append(args[0].shape[1]))
     with torch.no_grad():
         model(torch.zeros(1, 3, 224, 224))
     assert tokens == [1 + 27 * 27, 1 + 14 * 14, 1 + 7 * 7]
-    assert "heads (2 -> 4 -> 8)" in refusal("pit_ti_224")
+    anatomy = describe(model)
+    grids = anatomy.layout(model, (224, 224)).layer_grids
+    assert grids == ((27, 27),) * 2 + ((14, 14),) * 6 + ((7, 7),) * 4
+    heads = [model.get_submodule(site.module_path).num_heads for site in anatomy.sites]
+    assert heads == [2] * 2 + [4] * 6 + [8] * 4
 
 
 def test_coat_is_refused_as_factorised_attention():

@@ -42,7 +42,9 @@ class Extraction:
     """Attention rows of the query token for a batch.
 
     Attributes:
-        rows: (B, L, H, N) float32 softmax rows over all N tokens (prefix tokens included).
+        rows: (B, L, H, N) float32 softmax rows over all N tokens (prefix tokens included);
+            for a model whose grid changes between layers (``layout.ragged``: PiT, MViTv2),
+            a list of L (B, H_l, N_l) tensors, layer l over ``layout.layer_grids[l]``.
         rollout: (B, L, N) float32 attention-rollout rows after each layer, or None (not
             asked for, or not defined for the family: class attention, attention pooling).
         logits: (B, classes) model output, or None (the fx path does not compute it).
@@ -50,7 +52,7 @@ class Extraction:
         method: "fast" or "fx", the path that produced the rows.
     """
 
-    rows: torch.Tensor
+    rows: torch.Tensor | list[torch.Tensor]
     rollout: torch.Tensor | None
     logits: torch.Tensor | None
     layout: TokenLayout
@@ -107,7 +109,9 @@ def extract_cls_attention(
                 model, pixels, anatomy, layout.query_index, rollout_fusion, rollout_discard_ratio
             )
             extraction = Extraction(rows, rollout, None, layout, "fx")
-    if rows.shape[-1] != layout.num_tokens:
+    if layout.ragged:
+        _check_layer_grids(model, pixels, rows, layout)
+    elif rows.shape[-1] != layout.num_tokens:
         # A wrong grid would silently misplace every map, so this is checked, never assumed.
         raise UnsupportedModelError(
             f"{type(model).__name__} attended over {rows.shape[-1]} tokens, but the layout "
@@ -118,6 +122,28 @@ def extract_cls_attention(
             f"(model.pretrained_cfg['input_size'])."
         )
     return extraction
+
+
+def _check_layer_grids(
+    model: nn.Module, pixels: torch.Tensor, rows: list[torch.Tensor], layout: TokenLayout
+) -> None:
+    """Every layer's rows must cover its prefix tokens and its own grid, exactly."""
+    grids = layout.layer_grids or ()
+    if len(rows) != len(grids):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} gave attention rows for {len(rows)} layers, but its "
+            f"layout has grids for {len(grids)}; no map is drawn"
+        )
+    for layer, (layer_rows, (height, width)) in enumerate(zip(rows, grids, strict=True)):
+        expected = layout.num_prefix_tokens + height * width
+        if layer_rows.shape[-1] != expected:
+            raise UnsupportedModelError(
+                f"layer {layer} of {type(model).__name__} attended over "
+                f"{layer_rows.shape[-1]} tokens, but its layout ({layout.num_prefix_tokens} "
+                f"prefix tokens, {height}x{width} patches) has {expected} for this "
+                f"{pixels.shape[-2]}x{pixels.shape[-1]} input, so no map is drawn. Use the "
+                f"input size the model was built for (model.pretrained_cfg['input_size'])."
+            )
 
 
 def _checked_pixels(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:

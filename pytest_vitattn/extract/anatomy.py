@@ -15,6 +15,7 @@ from torch import nn
 from pytest_vitattn.errors import AttentionValueError, UnsupportedModelError
 
 GridRule = Callable[[nn.Module, tuple[int, int]], tuple[int, int]]
+LayerGridRule = Callable[[nn.Module, tuple[int, int]], tuple[tuple[int, int], ...]]
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,17 @@ class TokenLayout:
     Attributes:
         num_prefix_tokens: tokens before the patches (CLS, distillation, registers).
         query_index: index of the query whose attention row is read (0 is CLS).
-        grid: (grid_h, grid_w) patch grid of this input.
+        grid: (grid_h, grid_w) patch grid of this input (for a model whose grid changes
+            between layers: the patch embedding's grid; ``layer_grids`` has every layer's).
+        layer_grids: for models whose grid changes between layers (PiT, MViTv2), the
+            (grid_h, grid_w) of the keys each layer's query attends over; None when every
+            layer attends over ``grid``.
     """
 
     num_prefix_tokens: int
     query_index: int
     grid: tuple[int, int]
+    layer_grids: tuple[tuple[int, int], ...] | None = None
 
     @property
     def num_patches(self) -> int:
@@ -58,6 +64,15 @@ class TokenLayout:
     @property
     def num_tokens(self) -> int:
         return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the layers attend over grids of different sizes (``layer_grids``)."""
+        return self.layer_grids is not None
+
+    def grid_of(self, layer: int) -> tuple[int, int]:
+        """The patch grid layer ``layer`` attends over."""
+        return self.grid if self.layer_grids is None else self.layer_grids[layer]
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,8 @@ class Anatomy:
             same tokens in every layer; not for class attention or attention pooling).
         grid_rule: (model, (height, width)) -> (grid_h, grid_w) patch grid of an input.
         no_query_reason: why there is no default query, with what to do instead.
+        layer_grid_rule: for models whose grid changes between layers (PiT, MViTv2):
+            (model, (height, width)) -> each layer's (grid_h, grid_w); None otherwise.
     """
 
     family: str
@@ -90,6 +107,7 @@ class Anatomy:
     has_rollout: bool
     grid_rule: GridRule
     no_query_reason: str = ""
+    layer_grid_rule: LayerGridRule | None = None
 
     @property
     def num_layers(self) -> int:
@@ -107,10 +125,14 @@ class Anatomy:
             UnsupportedModelError: no default query (see ``no_query_reason``).
             AttentionValueError: ``query_index`` is out of range.
         """
+        layer_grids = None
+        if self.layer_grid_rule is not None:
+            layer_grids = tuple(self.layer_grid_rule(model, input_hw))
         return TokenLayout(
             self.num_prefix_tokens,
             self.resolve_query(query_index),
             self.grid_rule(model, input_hw),
+            layer_grids,
         )
 
     def resolve_query(self, token: str | int | None, model_name: str = "the model") -> int:

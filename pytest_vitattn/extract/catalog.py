@@ -33,6 +33,8 @@ class FamilyCase:
         grid: the patch grid that input must give, worked out by hand (None if refused).
         layers: the number of layers read (None if refused).
         refusal: a phrase the refusal message must contain (refused rows).
+        layer_grids: each layer's grid, for families whose grid changes between layers
+            (worked out by hand from the strides; ``grid`` is then the patch stem's grid).
     """
 
     family: str
@@ -45,6 +47,7 @@ class FamilyCase:
     grid: tuple[int, int] | None = None
     layers: int | None = None
     refusal: str = ""
+    layer_grids: tuple[tuple[int, int], ...] | None = None
 
 
 _SMALL = {"embed_dim": 64, "num_heads": 2}
@@ -366,20 +369,27 @@ FAMILIES: tuple[FamilyCase, ...] = (
     FamilyCase(
         "PiT",
         "`pit_*`",
-        REFUSED,
-        "CLS token in every stage, but the grid (27x27, 14x14, 7x7 at 224 px) and heads "
-        "change between stages: per-layer grids are not supported yet",
+        SUPPORTED,
+        "CLS row of every block (`*_distilled_*`: `token='dist'` reads the distillation row), "
+        "each layer on its stage's own grid and heads (27x27, 14x14, 7x7 and 2, 4, 8 heads "
+        "in `pit_ti_224`); no rollout",
         "pit_ti_224",
-        refusal="Maps with a different grid per layer are not supported yet",
+        {"img_size": 64, "depth": (1, 2, 1)},
+        grid=(7, 7),
+        layers=4,
+        layer_grids=((7, 7), (4, 4), (4, 4), (2, 2)),
     ),
     FamilyCase(
         "MViTv2 with class token",
         "`mvitv2_*_cls`",
-        REFUSED,
-        "CLS token in every stage, over keys pooled to a coarser grid stage by stage: "
-        "per-layer grids are not supported yet",
+        SUPPORTED,
+        "CLS row of every block over that block's pooled keys, each layer on its own key "
+        "grid (14x14, 28x28, ..., 7x7 in `mvitv2_small_cls`) and heads (1 to 8); no rollout",
         "mvitv2_small_cls",
-        refusal="Maps with a different grid per layer are not supported yet",
+        {"img_size": 64},
+        grid=(16, 16),
+        layers=16,
+        layer_grids=((4, 4), (8, 8), (4, 4), (8, 8)) + ((4, 4),) * 11 + ((2, 2),),
     ),
     FamilyCase(
         "CoaT",

@@ -11,9 +11,10 @@ Families (see ``extract.catalog`` for the table with examples):
   the final tokens, one layer; the blocks have no CLS token;
 * no CLS but register tokens (``*_reg*_gap_*``): register rows only when asked for by index;
 * ConViT, VOLO, TNT, CrossViT (one branch), NaFlexViT: built in ``extract.families``;
+* a grid that changes between stages (PiT, MViTv2 ``*_cls``): built in ``extract.staged``,
+  with a grid per layer;
 * refused, with what the model has and lacks (``extract.refusals``): no CLS-like query
-  (Swin, PVTv2, CNNs, ...), factorised attention (CoaT), a grid that changes between stages
-  (PiT, MViTv2 ``*_cls``).
+  (Swin, PVTv2, CNNs, ...), factorised attention (CoaT).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from pytest_vitattn.errors import UnsupportedModelError
-from pytest_vitattn.extract import families
+from pytest_vitattn.extract import families, staged
 from pytest_vitattn.extract.anatomy import Anatomy, AttentionSite
 from pytest_vitattn.extract.grids import conv_stack_grid, patch_embed_grid
 from pytest_vitattn.extract.refusals import (
@@ -30,7 +31,6 @@ from pytest_vitattn.extract.refusals import (
     has_class_token,
     no_cls_clause,
     no_query,
-    per_layer_grids,
 )
 from pytest_vitattn.extract.sites import site_kind
 
@@ -52,6 +52,8 @@ _BUILDERS = {
     "VOLO": families.volo,
     "TNT": families.tnt,
     "NaFlexVit": families.naflexvit,
+    "PoolingVisionTransformer": staged.pit,
+    "MultiScaleVit": staged.mvitv2,
 }
 
 
@@ -146,13 +148,7 @@ def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
 
 
 def _refuse_known_unreadable(model: nn.Module, name: str) -> None:
-    """Models with a class token whose attention has no per-layer CLS row on one grid."""
-    if name == "PoolingVisionTransformer":  # PiT
-        raise per_layer_grids(model, "a pooling layer between the stages shrinks the grid")
-    if name == "MultiScaleVit" and getattr(model, "cls_token", None) is not None:
-        raise per_layer_grids(
-            model, "its keys (and queries) are pooled to a coarser grid from stage to stage"
-        )
+    """Models with a class token whose attention has no per-query CLS row."""
     if name == "CoaT":
         raise factorised(model, "FactorAttnConvRelPosEnc")
 

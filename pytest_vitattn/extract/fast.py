@@ -45,7 +45,7 @@ def fast_cls_rows(
     query_index: int,
     rollout_fusion: str | None,
     rollout_discard_ratio: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Extract the query's attention rows during one ordinary (fused) forward pass.
 
     Args:
@@ -59,7 +59,8 @@ def fast_cls_rows(
             (``maps.discard_lowest``); 0 keeps every entry.
 
     Returns:
-        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
+        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU; for a model with
+            a grid per layer (``anatomy.layer_grid_rule``), a list of L (B, H_l, N_l).
         rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None.
         logits: (B, classes) float32 model output (CPU), or None if it is not a tensor.
     """
@@ -69,6 +70,7 @@ def fast_cls_rows(
         )
     fusion = rollout_fusion if anatomy.has_rollout else None
     capture = _RowCapture(anatomy.sites, query_index, fusion, rollout_discard_ratio)
+    capture.ragged = anatomy.layer_grid_rule is not None
     with _capturing(model, anatomy.sites, capture), torch.inference_mode():
         output = model(pixels)
     rows, rollout = capture.result()
@@ -98,6 +100,7 @@ class _RowCapture(TorchFunctionMode):
         self._calls = 0
         self._call = "sdpa"
         self.active = False
+        self.ragged = False  # set for anatomies with a grid per layer (see result)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -247,8 +250,12 @@ class _RowCapture(TorchFunctionMode):
             reduce = {"mean": torch.sum, "max": torch.amax, "min": torch.amin}[self.fusion]
             self._add_to_layer(reduce(full, dim=1), full.shape[1])
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once."""
+    def result(self) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
+        """(B, L, H, N) rows and (B, L, N) rollout rows (or None), moved to the CPU once.
+
+        For an anatomy with a grid per layer (``ragged``), the rows are a list of L
+        (B, H_l, N_l) tensors instead.
+        """
         if len(self.site_rows) != len(self.sites):
             raise UnsupportedModelError(
                 f"the fast path read {len(self.site_rows)} attention sites, expected "
@@ -257,9 +264,11 @@ class _RowCapture(TorchFunctionMode):
         layers: dict[int, list[torch.Tensor]] = {}
         for site, rows in zip(self.sites, self.site_rows, strict=True):
             layers.setdefault(site.layer, []).append(rows)
-        stacked = torch.stack([_heads_side_by_side(parts) for parts in layers.values()], dim=1)
+        per_layer = [_heads_side_by_side(parts) for parts in layers.values()]
         rollout = rollout_rows(self._factors, self.query_index).cpu() if self._factors else None
-        return stacked.cpu(), rollout
+        if self.ragged:  # a grid (and head count) per layer: (B, H_l, N_l) each
+            return [rows.cpu() for rows in per_layer], rollout
+        return torch.stack(per_layer, dim=1).cpu(), rollout
 
 
 @contextlib.contextmanager

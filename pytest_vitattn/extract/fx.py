@@ -68,7 +68,7 @@ def fx_cls_rows(
     query_index: int,
     rollout_fusion: str | None,
     rollout_discard_ratio: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
     """Extract the query's attention rows by materialising every softmax matrix.
 
     Args:
@@ -78,7 +78,8 @@ def fx_cls_rows(
         rollout_discard_ratio: share of each fused matrix zeroed (``maps.discard_lowest``).
 
     Returns:
-        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU.
+        rows: (B, L, H, N) float32 softmax rows of the query, on the CPU; for a model with
+            a grid per layer (``anatomy.layer_grid_rule``), a list of L (B, H_l, N_l).
         rollout: (B, L, N) float32 rollout rows after each layer (CPU), or None (also when
             the family has no rollout).
     """
@@ -101,6 +102,8 @@ def fx_cls_rows(
             factors.append(rollout_matrix(fused, rollout_discard_ratio))
         matrices.clear()
     stacked_rollout = rollout_rows(factors, query_index).cpu() if factors else None
+    if anatomy.layer_grid_rule is not None:  # a grid (and head count) per layer
+        return [layer_rows.cpu() for layer_rows in rows], stacked_rollout
     return torch.stack(rows, dim=1).cpu(), stacked_rollout
 
 

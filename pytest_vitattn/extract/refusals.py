@@ -16,8 +16,8 @@ from pytest_vitattn.errors import UnsupportedModelError
 WHAT_WORKS = (
     "pytest-vitattn reads the attention of a CLS-like query over image patches: ViT-style "
     "models with a class token (vit_*, deit*, eva02_*, beit*, cait_*, xcit_*, convit_*, "
-    "volo_*, tnt_*, crossvit_*, dinov2 with registers), attention-pooling models "
-    "(global_pool='map'), or the shipped vitattn_tiny_shapes."
+    "volo_*, tnt_*, crossvit_*, pit_*, mvitv2_*_cls, dinov2 with registers), "
+    "attention-pooling models (global_pool='map'), or the shipped vitattn_tiny_shapes."
 )
 
 # Substrings (lower case) of attention module class names, by the kind of attention.
@@ -105,23 +105,6 @@ def no_query(model: nn.Module) -> UnsupportedModelError:
         f"{no_cls_clause(model)}, no class-attention blocks and no attention-pooling query, so "
         f"no attention row belongs to a CLS-like query; reading row 0 would show {row_0} "
         f"attention. {what} {WHAT_WORKS}"
-    )
-
-
-def per_layer_grids(model: nn.Module, stages: str) -> UnsupportedModelError:
-    """The refusal for a CLS query whose patch grid changes between layers (PiT, MViTv2)."""
-    name = type(model).__name__
-    heads = []
-    for module in model.modules():
-        if "attention" in type(module).__name__.lower() and hasattr(module, "num_heads"):
-            count = int(module.num_heads)
-            if not heads or heads[-1] != count:
-                heads.append(count)
-    head_text = f" and heads ({' -> '.join(map(str, heads))})" if len(heads) > 1 else ""
-    return UnsupportedModelError(
-        f"{name} has a CLS token in every stage, but {stages}, so its patch grid{head_text} "
-        f"change from stage to stage. Maps with a different grid per layer are not supported "
-        f"yet, so it is refused rather than forced onto one grid. {WHAT_WORKS}"
     )
 
 

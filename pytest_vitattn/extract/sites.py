@@ -41,6 +41,7 @@ def readable_kinds() -> dict[type, SiteKind]:
     from timm.models.cait import ClassAttn
     from timm.models.convit import MHSA
     from timm.models.eva import EvaAttention
+    from timm.models.mvitv2 import MultiScaleAttention
     from timm.models.tnt import Attention as TntAttention
     from timm.models.vision_transformer import ParallelScalingBlock
     from timm.models.vision_transformer_relpos import RelPosAttention
@@ -58,6 +59,8 @@ def readable_kinds() -> dict[type, SiteKind]:
         MHSA: SiteKind("attn_drop", "tokens", "softmax"),
         TntAttention: SiteKind("attn_drop", "tokens", "softmax"),
         VoloClassAttention: SiteKind("attn_drop", "class", "softmax"),
+        # MViTv2: queries and keys pooled to coarser grids; the CLS token stays at row 0.
+        MultiScaleAttention: SiteKind("softmax", "tokens", "softmax"),
     }
 
 
@@ -99,5 +102,6 @@ def site_kind(module: nn.Module, where: str) -> SiteKind:
         f"on, so it refuses rather than risk a wrong map. Readable: timm's Attention (ViT, "
         f"DeiT, DINOv2, CrossViT, NaFlexViT), EvaAttention and AttentionRope (EVA, RoPE "
         f"ViTs), BEiT's Attention, RelPosAttention, ParallelScalingBlock, ConViT's MHSA, "
-        f"TNT's Attention, CaiT/XCiT/VOLO class attention and AttentionPoolLatent."
+        f"TNT's Attention, MViTv2's MultiScaleAttention, CaiT/XCiT/VOLO class attention "
+        f"and AttentionPoolLatent."
     )

@@ -32,7 +32,10 @@ def attach_extras(report: Any, report_path: Path | None, config: Any) -> None:
     html_report = Path(str(config.getoption("htmlpath"))).resolve()
     added = []
     for record in records:
-        sprite = labelled_grid_png(grid_stack(record), column_names(record), _scale(record))
+        if isinstance(record["maps"], list):  # a grid per layer: each row at its own size
+            sprite = layer_rows_png(record)
+        else:
+            sprite = labelled_grid_png(grid_stack(record), column_names(record), _scale(record))
         added.append(
             extras.png(
                 base64.b64encode(sprite).decode("ascii"),
@@ -50,6 +53,17 @@ def grid_stack(record: dict[str, Any]) -> np.ndarray:
     if record.get("rollout"):
         columns.append(decode_array(record["rollout"]).astype(np.float32)[:, None])
     return np.concatenate(columns, axis=1)
+
+
+def layer_rows_png(record: dict[str, Any]) -> bytes:
+    """The grid of a model whose grid and heads change between layers (``show``'s rows)."""
+    from pytest_vitattn.show import render_layer_rows_png
+
+    maps = [decode_array(layer).astype(np.float32) for layer in record["maps"]]
+    image = decode_array(record["image"]) if record.get("image") else None
+    if image is None or not image.size:
+        image = np.full((8, 8, 3), 255, np.uint8)
+    return render_layer_rows_png(maps, image, "shared")
 
 
 def column_names(record: dict[str, Any]) -> list[str]:
@@ -116,6 +130,13 @@ def summary_html(record: dict[str, Any], report_path: Path | None, html_dir: Pat
         f"{columns} (columns), coloured in multiples of uniform attention (1x = every "
         f"patch equal). Checks: {'; '.join(checks) or 'none'}."
     )
+    if isinstance(record["maps"], list):
+        text = escape(
+            f"{record['image_label']} on {record['model'].get('name')}: layers (rows, each "
+            f"at its own patch grid) x the image, that layer's heads and their mean, coloured "
+            f"in multiples of uniform attention (1x = every patch equal). Checks: "
+            f"{'; '.join(checks) or 'none'}."
+        )
     if report_path is None:
         return Markup("<p>{}</p>").format(text)
     href = os.path.relpath(report_path, html_dir).replace(os.sep, "/")

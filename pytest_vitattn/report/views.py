@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from pytest_vitattn.records import anchor, decode_array
+from pytest_vitattn.maps import grids_text
+from pytest_vitattn.records import anchor, decode_array, decode_maps
 from pytest_vitattn.report import heatmaps
 from pytest_vitattn.report.run_info import RunInfo
 from pytest_vitattn.report.tally import OUTCOME_ORDER
@@ -500,14 +501,18 @@ def record_view(
 ) -> RecordView:
     """The view of one record dict; ``model_index`` numbers its model for the filters."""
     record_anchor = anchor(record["record_id"])
-    maps = decode_array(record["maps"]).astype(np.float32)
+    maps = decode_maps(record["maps"])  # a list of per-layer maps where the grid changes
     rollout = decode_array(record["rollout"]).astype(np.float32) if record.get("rollout") else None
-    prefix_share = np.asarray(record.get("prefix_share") or [], dtype=np.float32)
+    if isinstance(maps, list):
+        prefix_share = [np.asarray(layer, np.float32) for layer in record.get("prefix_share") or []]
+    else:
+        prefix_share = np.asarray(record.get("prefix_share") or [], dtype=np.float32)
     model = record.get("model") or {}
     outcome = _status_word(record.get("outcome"))
     status = _status_word(record.get("status") or record.get("outcome"))
     checks = [_check_view(check) for check in record.get("checks") or []]
-    judged = _judged_maps(record.get("checks") or [], len(maps), len(maps[0]))
+    heads = [len(layer) for layer in maps] if isinstance(maps, list) else len(maps[0])
+    judged = _judged_maps(record.get("checks") or [], len(maps), heads)
     sheets, grid = grid_view(maps, rollout, prefix_share, judged)
     stack = _grid_stack(maps, rollout)
     # pytest's text, unless it only repeats a failed check's message (shown with the check).
@@ -533,7 +538,7 @@ def record_view(
         location=_source_link(record.get("location"), root, report_dir),
         failed_at=_source_link(record.get("failed_at"), root, report_dir),
         prediction=_prediction_text(record.get("prediction")),
-        facts=_facts(record, maps.shape),
+        facts=_facts(record, maps),
         sheet_style=(
             f"--sprite: url({sheets['shared'].src}); --sprite-own: url({sheets['own'].src})"
         ),
@@ -573,20 +578,23 @@ _MEAN_SELECTION = re.compile(r"layer (\d+) of [^,]*, mean of \d+ heads")
 _ROLLOUT_SELECTION = re.compile(r"rollout to layer (\d+)")
 
 
-def selection_cell(selection: str, heads: int) -> tuple[int, int] | None:
+def selection_cell(selection: str, heads: int | list[int]) -> tuple[int, int] | None:
     """(layer, column) of the grid map a check's selection names, or None (e.g. a max over
-    heads, which the grid does not show). Columns: heads, head mean (``heads``), rollout."""
+    heads, which the grid does not show). Columns: heads, head mean (``heads``), rollout.
+    ``heads`` is a per-layer list for models whose head count changes between layers."""
     if match := _HEAD_SELECTION.fullmatch(selection):
         return int(match[1]), int(match[2])
-    if match := _MEAN_SELECTION.fullmatch(selection):
-        return int(match[1]), heads
-    if match := _ROLLOUT_SELECTION.fullmatch(selection):
-        return int(match[1]), heads + 1
+    for pattern, extra in ((_MEAN_SELECTION, 0), (_ROLLOUT_SELECTION, 1)):
+        if match := pattern.fullmatch(selection):
+            layer = int(match[1])
+            if isinstance(heads, list):
+                return (layer, heads[layer] + extra) if 0 <= layer < len(heads) else None
+            return layer, heads + extra
     return None
 
 
 def _judged_maps(
-    checks: list[dict[str, Any]], layers: int, heads: int
+    checks: list[dict[str, Any]], layers: int, heads: int | list[int]
 ) -> dict[tuple[int, int], str]:
     """(layer, column) -> "failed" or "passed" for the maps checks used; failed wins."""
     judged: dict[tuple[int, int], str] = {}
@@ -626,10 +634,16 @@ def _prediction_text(prediction: dict[str, Any] | None) -> str:
     )
 
 
-def _facts(record: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, str]]:
+def _facts(record: dict[str, Any], maps: Any) -> list[tuple[str, str]]:
     model = record.get("model") or {}
     preprocessing = record.get("preprocessing") or {}
-    layers, heads, grid_h, grid_w = shape
+    if isinstance(maps, list):  # a grid and head count per layer
+        layers = len(maps)
+        heads = "/".join(dict.fromkeys(str(len(layer)) for layer in maps))
+        patches = "a grid per layer: " + grids_text([layer.shape[-2:] for layer in maps])
+    else:
+        layers, heads, grid_h, grid_w = maps.shape
+        patches = f"{grid_h}x{grid_w} patches"
     facts = [
         ("model", f"{model.get('name')} — weights {model.get('weights')}"),
         ("weights id", str(model.get("weights_id"))),
@@ -637,7 +651,7 @@ def _facts(record: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, st
         (
             "tokens",
             f"query token {record.get('query_index')} of "
-            f"{record.get('num_prefix_tokens')} prefix token(s); {grid_h}x{grid_w} patches",
+            f"{record.get('num_prefix_tokens')} prefix token(s); {patches}",
         ),
         ("layers x heads", f"{layers} x {heads}"),
         ("preprocessing", ", ".join(f"{k}: {v}" for k, v in preprocessing.items())),
@@ -712,17 +726,20 @@ def _multiple(values: np.ndarray) -> str:
 
 
 def grid_view(
-    maps: np.ndarray,
+    maps: np.ndarray | list[np.ndarray],
     rollout: np.ndarray | None,
-    prefix_share: np.ndarray,
+    prefix_share: np.ndarray | list[np.ndarray],
     judged: dict[tuple[int, int], str] | None = None,
 ) -> tuple[dict[str, SheetView], GridView]:
     """The grid of one record and the sprites its cells show.
 
     Args:
-        maps: (layers, heads, grid_h, grid_w) CLS attention.
+        maps: (layers, heads, grid_h, grid_w) CLS attention, or a list of per-layer
+            (heads_l, h_l, w_l) maps (models whose grid and head count change between
+            layers: each row has its own map size and heads, the rest of it left empty).
         rollout: (layers, grid_h, grid_w) rollout after each layer, or None.
-        prefix_share: (layers, heads) share of attention on prefix tokens, or empty.
+        prefix_share: (layers, heads) share of attention on prefix tokens (a list of
+            (heads_l,) arrays for per-layer maps), or empty.
         judged: (layer, column) -> "failed" | "passed" for maps that checks used.
     """
     judged = judged or {}
@@ -730,8 +747,12 @@ def grid_view(
     sheets = _sheets(stack)
     sheet = sheets["shared"]
     has_rollout = rollout is not None
-    layers, columns = len(stack), stack[0].shape[0]
-    heads = columns - 1 - int(has_rollout)
+    layers = len(stack)
+    # Models whose head count changes between layers (PiT: 2, 4, 8) have rows of their own
+    # length: each row's heads, empty cells up to the most heads, then the head mean.
+    heads_of = [row.shape[0] - 1 - int(has_rollout) for row in stack]
+    heads = max(heads_of)
+    columns = heads + 1 + int(has_rollout)
     names = [f"head {head}" for head in range(heads)] + ["head mean"]
     if has_rollout:
         names.append("rollout")
@@ -741,22 +762,27 @@ def grid_view(
         zoom = _zoom(grid_w, CELL_WIDTH)
         cells = []
         for column in range(columns):
-            verdict = judged.get((layer, column), "")
-            title = _peak_title(stack[layer][column], f"layer {layer}, {names[column]}")
+            own = column if column < heads else column - heads + heads_of[layer]
+            if column < heads and column >= heads_of[layer]:
+                cells.append(CellView(f"layer {layer} has {heads_of[layer]} heads", ""))
+                continue
+            verdict = judged.get((layer, own), "")
+            title = _peak_title(stack[layer][own], f"layer {layer}, {names[column]}")
             if verdict:
                 title += f"; a check on this map {verdict}"
             cells.append(
                 CellView(
                     title,
-                    sheet.position(column, layer, zoom),
-                    _multiple(stack[layer][column]),
+                    sheet.position(own, layer, zoom),
+                    _multiple(stack[layer][own]),
                     verdict,
                 )
             )
+        per_layer = isinstance(prefix_share, list) or prefix_share.ndim == 2
         share = (
             f"; {float(prefix_share[layer].mean()):.1%} of the query's attention went to "
             "prefix tokens (not shown)"
-            if prefix_share.ndim == 2 and prefix_share.shape[0] == layers
+            if per_layer and len(prefix_share) == layers
             else ""
         )
         # Layers with their own map size set their own cell and sprite sizes.
@@ -766,6 +792,13 @@ def grid_view(
         f"CLS attention, {layers} layers x {heads} heads; under each map its peak in "
         "multiples of uniform attention (1x = every patch equal)"
     )
+    if len(set(heads_of)) > 1:
+        caption = (
+            f"CLS attention, {layers} layers x "
+            f"{'/'.join(dict.fromkeys(map(str, heads_of)))} heads, each layer on its own grid "
+            f"({grids_text(sheet.sizes)}); under each map its peak in multiples of uniform "
+            "attention (1x = every patch equal)"
+        )
     grid_h, grid_w = sheet.sizes[-1]
     style = _cell_style(sheet, grid_h, grid_w, _zoom(grid_w, CELL_WIDTH))
     return sheets, GridView(caption, names, rows, style)
@@ -783,22 +816,24 @@ def _overlay_view(
     has_rollout: bool,
     failed_map: tuple[int, int] | None = None,
 ) -> OverlayView:
-    layers, columns = len(stack), stack[0].shape[0]
+    layers = len(stack)
     grid_h, grid_w = sheet.sizes[-1]
-    heads = columns - 1 - int(has_rollout)
+    heads_of = [row.shape[0] - 1 - int(has_rollout) for row in stack]  # per layer
+    heads = heads_of[-1]
     zoom = _zoom(grid_w, STAGE_WIDTH)
     width, height = grid_w * zoom, grid_h * zoom
-    last, mean_column = layers - 1, heads
+    last = layers - 1
     # The maps a reviewer compares most: the last layer's mean (shown first), rollout,
     # the last layer's heads, then the other layers' means; JavaScript adds any cell.
-    candidates = [(f"layer {last} mean", mean_column, last)]
+    candidates = [(f"layer {last} mean", heads, last)]
     if has_rollout:
         candidates.append((f"rollout to layer {last}", heads + 1, last))
     candidates += [(f"layer {last} head {head}", head, last) for head in range(heads)]
-    candidates += [(f"layer {layer} mean", mean_column, layer) for layer in range(last)]
+    candidates += [(f"layer {layer} mean", heads_of[layer], layer) for layer in range(last)]
     # A failed check's map is shown first: where the attention went when it failed.
     if failed_map is not None:
         layer, column = failed_map
+        heads = heads_of[layer]
         names = [f"head {head}" for head in range(heads)] + ["mean", "rollout"]
         label = f"failed check: layer {layer} {names[column]}"
         if column == heads + 1:
@@ -930,10 +965,13 @@ def _randomised_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView |
     randomised = record.get("randomised")
     if not randomised or not randomised.get("maps"):
         return None
-    stored = decode_array(randomised["maps"]).astype(np.float32)
+    stored = decode_maps(randomised["maps"])
     checks = [c for c in record.get("checks") or [] if c.get("name") == "depends_on_weights"]
     failed = any(check.get("passed") is False for check in checks)
     label = str(randomised.get("label", "top blocks re-initialised"))
+    if isinstance(maps, list) or isinstance(stored, list):
+        note = "randomised maps of a model with a grid per layer are not shown"
+        return BaselineView(label, failed, note, [])
     if stored.shape != maps.shape:
         note = f"randomised maps of shape {tuple(stored.shape)}, trained {tuple(maps.shape)}"
         return BaselineView(label, failed, note, [])
@@ -960,10 +998,12 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
     baseline = record.get("baseline")
     if not baseline or not baseline.get("maps"):
         return None
-    stored = decode_array(baseline["maps"]).astype(np.float32)
+    stored = decode_maps(baseline["maps"])
     checks = [c for c in record.get("checks") or [] if c.get("name") == "baseline"]
     drifted = any(check.get("passed") is False for check in checks)
     path = str(baseline.get("path", ""))
+    if isinstance(maps, list) or isinstance(stored, list):
+        return _per_layer_baseline_view(baseline, maps, stored, path, drifted)
     if stored.shape != maps.shape:
         note = (
             f"the baseline has maps of shape {tuple(stored.shape)}, this run "
@@ -990,5 +1030,42 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
     note = (
         f"{status}; head means per layer, the difference in red (more attention now) and "
         "blue (less)"
+    )
+    return BaselineView(path, drifted, note, rows)
+
+
+def _per_layer_baseline_view(
+    baseline: dict[str, Any], maps: Any, stored: Any, path: str, drifted: bool
+) -> BaselineView:
+    """``_baseline_view`` for a model with a grid per layer: each layer on its own grid."""
+    shapes = [tuple(layer.shape) for layer in maps] if isinstance(maps, list) else None
+    stored_shapes = [tuple(layer.shape) for layer in stored] if isinstance(stored, list) else None
+    if shapes is None or shapes != stored_shapes:
+        note = (
+            "the baseline's maps and this run's have different shapes per layer "
+            f"(baseline {stored_shapes or tuple(stored.shape)}, this run "
+            f"{shapes or tuple(maps.shape)}): they cannot be compared map by map"
+        )
+        return BaselineView(path, drifted, note, [])
+    rows = []
+    for layer, (current, before) in enumerate(zip(maps, stored, strict=True)):
+        current_mean, stored_mean = current.mean(axis=0), before.mean(axis=0)
+        difference = current_mean - stored_mean
+        grid = f"{current.shape[-2]}x{current.shape[-1]}"
+        rows.append(
+            BaselineRow(
+                label=f"layer {layer} ({grid})",
+                baseline=_image_cell(stored_mean, f"baseline, layer {layer}, head mean"),
+                current=_image_cell(current_mean, f"current, layer {layer}, head mean"),
+                difference=_image_cell(
+                    difference, f"current - baseline, layer {layer}", diverging=True
+                ),
+                drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
+            )
+        )
+    status = str(baseline.get("status") or "compared")
+    note = (
+        f"{status}; head means per layer, each on its own grid, the difference in red (more "
+        "attention now) and blue (less)"
     )
     return BaselineView(path, drifted, note, rows)
