@@ -6,9 +6,11 @@ After ``import pytest_vitattn.zoo``::
     model = timm.create_model(SHORTCUT_MODEL, pretrained=True)   # looks at a corner marker
     model = timm.create_model(BRIGHTNESS_MODEL, pretrained=True) # looks at the brightest part
 
-All three are the same tiny ViT (64 x 64 input, 8 x 8 patches, CLS token) trained by
-``scripts/train_embedded.py`` on ``pytest_vitattn.synthetic`` images; the weights live in
-``pytest_vitattn/weights`` as safetensors. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
+All three are tiny ViTs (64 x 64 input, 8 x 8 patches, CLS token, 6 blocks, 3 heads)
+trained by ``scripts/train_embedded.py`` on ``pytest_vitattn.synthetic`` images; the
+weights live in ``pytest_vitattn/weights`` as safetensors. ``FAITHFUL_MODEL`` embeds its
+patches with a small convolutional stem (``ConvStemPatchEmbed``), the other two with
+timm's plain 8 x 8 projection. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
 unchanged: trained on "bright" images, where the object is always the brightest thing, it
 classifies those at 0.99 but attends to the brightest region, a subtle shortcut.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from timm.layers import PatchEmbed
 from timm.models import (
     VisionTransformer,
     build_model_with_cfg,
@@ -26,6 +29,7 @@ from timm.models import (
     register_model,
 )
 from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
 
 from pytest_vitattn.synthetic import DEFAULT_SIZE, SHAPE_CLASSES
 
@@ -42,7 +46,8 @@ STD = (0.5, 0.5, 0.5)
 
 
 def model_kwargs() -> dict[str, Any]:
-    """Architecture of the shipped models: ``VisionTransformer(**model_kwargs())``."""
+    """Architecture the shipped models share: ``VisionTransformer(**model_kwargs())``; the
+    faithful one adds ``embed_layer=ConvStemPatchEmbed``."""
     return dict(
         img_size=DEFAULT_SIZE,
         patch_size=8,
@@ -54,6 +59,54 @@ def model_kwargs() -> dict[str, Any]:
         class_token=True,
         global_pool="token",
     )
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    """``PatchEmbed`` whose projection is a small convolutional stem (Xiao et al. 2021,
+    "Early convolutions help transformers see better") instead of one 8 x 8 convolution.
+
+    Three 4x4 stride-2 and two 3x3 convolutions make the same 8 x 8 pixel cells as the plain
+    projection: one token per cell, the same ``grid_size``, ``patch_size`` and token order.
+    Every kernel is centred (4x4 stride 2 with padding 1 centres each output between its two
+    inputs), so each token sees a window centred on its own cell: 34 x 34 pixels, enough to
+    tell a small shape's corners and holes apart, which a from-scratch linear patch
+    embedding learns slowly. The window's centre, not its corner, is where the token's
+    attention is drawn (``tests/test_zoo.py`` checks the alignment).
+
+    Input (B, 3, H, W) with H, W multiples of 8; output (B, H / 8 * W / 8, embed_dim).
+    """
+
+    def __init__(self, *args: Any, stem_channels: tuple[int, int] = (24, 48), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.patch_size != (8, 8):
+            raise ValueError(f"the stem makes 8 x 8 patches, not {self.patch_size}")
+        in_chans, embed_dim = self.proj.in_channels, self.proj.out_channels
+        first, second = stem_channels
+
+        def conv(inputs: int, outputs: int, stride: int) -> list[nn.Module]:
+            kernel = 4 if stride == 2 else 3
+            return [
+                nn.Conv2d(inputs, outputs, kernel, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(outputs),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.proj = nn.Sequential(
+            *conv(in_chans, first, 2),
+            *conv(first, first, 1),
+            *conv(first, second, 2),
+            *conv(second, second, 1),
+            nn.Conv2d(second, embed_dim, 4, stride=2, padding=1),
+        )
+
+    def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
+        if patch_size is not None and tuple(patch_size) != self.patch_size:
+            raise ValueError("the convolutional stem cannot change its patch size")
+        super().set_input_size(img_size=img_size)
+
+
+# The faithful model (0.2) has the convolutional stem; the 0.1 models keep timm's plain one.
+_EMBED_LAYERS: dict[str, type[PatchEmbed]] = {"vitattn_tiny_shapes": ConvStemPatchEmbed}
 
 
 def weights_path(model_name: str) -> Path:
@@ -75,7 +128,7 @@ def _pretrained_cfg(model_name: str) -> dict[str, Any]:
         "interpolation": "bilinear",
         "mean": MEAN,
         "std": STD,
-        "first_conv": "patch_embed.proj",
+        "first_conv": ("patch_embed.proj.0" if model_name in _EMBED_LAYERS else "patch_embed.proj"),
         "classifier": "head",
         "license": "apache-2.0",
     }
@@ -92,7 +145,7 @@ def _create(model_name: str, pretrained: bool, **kwargs: Any) -> VisionTransform
         model_name,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        **{**model_kwargs(), **kwargs},
+        **{**model_kwargs(), "embed_layer": _EMBED_LAYERS.get(model_name, PatchEmbed), **kwargs},
     )
 
 
