@@ -4,10 +4,11 @@ The files come from ``scripts/make_example_data.py``: two images per shape class
 its exact object mask, plus "bright" images (0.1 style) for the shortcut and the brightness
 model, with and without the corner marker and with the object recoloured dark.
 
-``KNOWN_MISSES`` lists the checks the shipped faithful model fails on these images: the 0.2
-model misses issue 14's targets (README, "The shipped models": accuracy 0.51 and mass on
-the object 0.50 on in-distribution images). They run as ``xfail(strict=True)``, so the report
-shows the failures and a better model that passes them is flagged to update this list.
+``KNOWN_MISSES`` lists the checks the shipped faithful model fails on these images: both
+rings, where its last layer spreads attention over the ring and its hole (mass 0.31 and
+0.14 against 0.40; ``ring_2`` is a small object). They run as ``xfail(strict=True)``, so the
+report shows the failures and a better model that passes them is flagged to update this
+list.
 """
 
 from __future__ import annotations
@@ -29,16 +30,9 @@ def mask_of(image: Path) -> Path:
 KNOWN_MISSES = {
     "test_focus.py::test_last_layer_attention_lies_on_the_object[ring_1]",
     "test_focus.py::test_last_layer_attention_lies_on_the_object[ring_2]",
-    "test_focus.py::test_last_layer_attention_lies_on_the_object[square_1]",
-    "test_focus.py::test_last_layer_attention_lies_on_the_object[square_2]",
-    "test_focus.py::test_the_most_attended_patch_is_on_the_object[ring_2]",
-    "test_focus.py::test_the_most_attended_patch_is_on_the_object[square_2]",
-    "test_focus.py::test_the_top_patches_are_the_objects_patches[ring_1]",
-    "test_focus.py::test_the_top_patches_are_the_objects_patches[ring_2]",
-    "test_focus.py::test_the_top_patches_are_the_objects_patches[square_2]",
-    "test_focus.py::test_last_layer_attention_is_concentrated[square_1]",
-    "test_focus.py::test_attention_moves_onto_the_object_with_depth[ring_1]",
-    "test_focus.py::test_attention_moves_onto_the_object_with_depth[square_2]",
+    "test_focus.py::test_last_layer_attention_is_concentrated[ring_1]",
+    "test_focus.py::test_last_layer_attention_is_concentrated[ring_2]",
+    "test_focus.py::test_attention_moves_onto_the_object_with_depth[ring_2]",
     "test_focus.py::test_a_batch_of_images_is_one_forward_pass",
 }
 

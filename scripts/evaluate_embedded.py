@@ -49,7 +49,7 @@ from stress_splits import SplitImages, StressSplit, build_splits
 
 import pytest_vitattn.zoo as zoo
 from pytest_vitattn import sanity
-from pytest_vitattn.synthetic import DEFAULT_STYLE, make_batch, marker_mask
+from pytest_vitattn.synthetic import DEFAULT_STYLE, SHAPE_CLASSES, make_batch, marker_mask
 
 NUM_TEST_IMAGES = 500
 BATCH_SIZE = 100
@@ -520,6 +520,24 @@ def cascade_table(rows: list[CascadeRow]) -> str:
     return "\n".join(lines)
 
 
+def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
+    """Markdown table: accuracy and last-layer mass on the object per shape class."""
+    lines = [
+        "| model | shape | images | accuracy | mass on object (chance) | reachable mass |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model_name in model_names:
+        model = timm.create_model(model_name, pretrained=True)
+        for label, shape in enumerate(SHAPE_CLASSES):
+            keep = split.labels == label
+            s = score_arrays(model, split.images[keep], split.labels[keep], split.masks[keep])
+            lines.append(
+                f"| `{model_name}` | {shape} | {int(keep.sum())} | {s.accuracy:.3f} "
+                f"| {s.mass:.3f} ({s.mask_area:.3f}) | {s.reachable_mass:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-check", action="store_true", help="print the tables, exit 0")
@@ -543,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     print(stress_table(stress_rows))
     print("\nPer layer (0 = first block):\n")
     print(stress_per_layer_table(stress_rows))
+    print(f"\nBy shape, split {built[0].split.name!r}:\n")
+    print(per_shape_table(stress_models, built[0]))
 
     cascade_images = min(args.cascade_images, args.num_images)
     cascade_rows = evaluate_cascade(stress_models, built[0], cascade_images)

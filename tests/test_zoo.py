@@ -97,6 +97,38 @@ def test_architecture_is_a_cls_token_vit(models, model_name):
     assert len(model.blocks) == zoo.model_kwargs()["depth"]
 
 
+def receptive_window(embed: torch.nn.Module, token: int) -> tuple[list[int], list[int]]:
+    """First and last (row, col) input pixel that moves the embedding of ``token``."""
+    pixels = torch.randn(1, 3, 64, 64, requires_grad=True)
+    embed(pixels)[0, token].sum().backward()
+    touched = (pixels.grad.abs().sum(dim=(0, 1)) > 0).nonzero()
+    return touched.min(dim=0).values.tolist(), touched.max(dim=0).values.tolist()
+
+
+@pytest.mark.parametrize("token", [18, 21, 27, 45])  # cells whose window misses the border
+def test_conv_stem_tokens_are_centred_on_their_own_cells(token):
+    # An architectural property: random weights show it as well as trained ones.
+    embed = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval().patch_embed
+    assert isinstance(embed, zoo.ConvStemPatchEmbed)
+    first, last = receptive_window(embed, token)
+    row, col = divmod(token, 8)
+    cell_centre = [row * 8 + 3.5, col * 8 + 3.5]
+    assert [(a + b) / 2 for a, b in zip(first, last, strict=True)] == cell_centre
+    assert [b - a + 1 for a, b in zip(first, last, strict=True)] == [34, 34]
+
+
+def test_plain_models_keep_one_convolution_per_patch():
+    for name in (zoo.SHORTCUT_MODEL, zoo.BRIGHTNESS_MODEL):
+        embed = timm.create_model(name, pretrained=False).eval().patch_embed
+        first, last = receptive_window(embed, 27)
+        assert (first, last) == ([24, 24], [31, 31]), name
+
+
+def test_conv_stem_refuses_another_patch_size():
+    with pytest.raises(ValueError, match="8 x 8 patches"):
+        zoo.ConvStemPatchEmbed(img_size=64, patch_size=16, embed_dim=96)
+
+
 def test_pretrained_weights_are_the_packaged_file(models, model_name):
     path = zoo.weights_path(model_name)
     assert path.stat().st_size < 4 * 2**20
@@ -138,20 +170,21 @@ def scores(model, batch) -> tuple[float, float, float]:
 
 
 def test_faithful_model_classifies_and_looks_at_the_object(models, held_out):
-    """Bounds below what scripts/evaluate_embedded.py measured for the 0.2 model (which
-    misses issue 14's targets: README); they catch a regression, not a target."""
+    """Bounds a little below what the shipped 0.2 model scores on these 60 images (0.95
+    accuracy, mass 0.56 = 9.9x chance; 1.00 and 0.58 on "bright" images): they catch a
+    regression. Issue 14's targets are checked by scripts/evaluate_embedded.py."""
     varied, _, bright = held_out
     accuracy, on_object, _ = scores(models[zoo.FAITHFUL_MODEL], varied)
     chance = float(varied[2].mean())
-    assert accuracy >= 0.3, f"accuracy {accuracy:.3f} (chance 0.2)"
-    assert on_object >= 4 * chance, f"mass on the object {on_object:.3f}, chance {chance:.3f}"
+    assert accuracy >= 0.9, f"accuracy {accuracy:.3f} (chance 0.2)"
+    assert on_object >= 8 * chance, f"mass on the object {on_object:.3f}, chance {chance:.3f}"
     _, brightness_on_object, _ = scores(models[zoo.BRIGHTNESS_MODEL], varied)
-    assert on_object >= 2 * brightness_on_object, (
+    assert on_object >= 4 * brightness_on_object, (
         f"faithful {on_object:.3f} vs brightness model {brightness_on_object:.3f}"
     )
     accuracy, on_object, _ = scores(models[zoo.FAITHFUL_MODEL], bright)
-    assert accuracy >= 0.75, f"accuracy on 'bright' images {accuracy:.3f}"
-    assert on_object >= 0.6, f"mass on the object in 'bright' images {on_object:.3f}"
+    assert accuracy >= 0.95, f"accuracy on 'bright' images {accuracy:.3f}"
+    assert on_object >= 0.5, f"mass on the object in 'bright' images {on_object:.3f}"
 
 
 def test_shortcut_model_looks_at_the_marker_not_the_object(models, held_out):
