@@ -60,9 +60,7 @@ _BUILDERS = {
 QUERY_SOURCES = ("auto", "cls", "pool")
 
 
-def describe(
-    model: nn.Module, *, branch: int | None = None, query_source: str = "auto"
-) -> Anatomy:
+def describe(model: nn.Module, *, branch: int | None = None, query_source: str = "auto") -> Anatomy:
     """Find the CLS attention sites of a timm model, or refuse with the reason.
 
     Args:
@@ -80,9 +78,7 @@ def describe(
             would work instead.
     """
     if query_source not in QUERY_SOURCES:
-        raise ValueError(
-            f"query_source={query_source!r} is not one of {', '.join(QUERY_SOURCES)}"
-        )
+        raise ValueError(f"query_source={query_source!r} is not one of {', '.join(QUERY_SOURCES)}")
     if hasattr(model, "describe_anatomy"):  # a transformers model (pytest_vitattn.hf)
         if query_source != "auto":
             raise UnsupportedModelError(
