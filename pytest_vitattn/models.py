@@ -44,6 +44,9 @@ class ModelSpec:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         branch: for multi-branch models (CrossViT), the branch read: ``"primary"`` or an
             index (see ``extract.describe``).
+        query_source: ``"auto"``, ``"cls"`` or ``"pool"``: which CLS-like query to read on
+            models that have a CLS token and an attention-pooling query (PE-core; see
+            ``extract.describe``).
         kwargs: keyword arguments for ``timm.create_model`` (or the factory), as sorted
             (key, value) pairs, e.g. ``(("img_size", 384), ("num_classes", 5))``.
         factory: ``"package.module:function"`` returning your own ``nn.Module``; ``name`` is
@@ -56,6 +59,7 @@ class ModelSpec:
     weights: str = PRETRAINED
     device: str = "cpu"
     branch: str | int = "primary"
+    query_source: str = "auto"
     kwargs: tuple[tuple[str, Any], ...] = ()
     factory: str | None = None
     strict: bool = False
@@ -109,6 +113,8 @@ class LoadedModel:
         }
         if self.spec.kwargs:
             described["kwargs"] = {key: value for key, value in self.spec.kwargs}
+        if self.spec.query_source != "auto":
+            described["query_source"] = self.spec.query_source
         return described
 
 
@@ -188,7 +194,11 @@ def adopt_module(model: Any, spec: ModelSpec) -> LoadedModel:
 def _finish(spec: ModelSpec, model: Any, device: Any, notes: list[str], timm: Any) -> LoadedModel:
     from pytest_vitattn.extract import describe
 
-    anatomy = describe(model, branch=None if spec.branch == "primary" else spec.branch)
+    anatomy = describe(
+        model,
+        branch=None if spec.branch == "primary" else spec.branch,
+        query_source=spec.query_source,
+    )
     model = model.eval().to(device)
     data_config = _data_config(model, spec, timm)
     label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")

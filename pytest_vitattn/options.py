@@ -125,6 +125,16 @@ def parse_branch(value: str | int) -> str | int:
     )
 
 
+QUERY_SOURCES = ("auto", "cls", "pool")
+
+
+def parse_query_source(value: str) -> str:
+    text = str(value).strip().lower()
+    if text in QUERY_SOURCES:
+        return text
+    raise argparse.ArgumentTypeError(f"{value!r} is not a query source: use auto, cls or pool")
+
+
 def parse_directory(value: str) -> str:
     value = value.strip()
     if not value:
@@ -324,6 +334,14 @@ SETTINGS: tuple[Setting, ...] = (
         "primary|INDEX",
         "multi-branch models (CrossViT): whose CLS attention to read; primary (the branch "
         "with the most self-attention blocks, timm's branch 1) or an index.",
+    ),
+    Setting(
+        "query_source",
+        parse_query_source,
+        "auto",
+        "auto|cls|pool",
+        "models with a CLS token and an attention-pooling query (PE-core): which to read; "
+        "auto (the CLS token if there is one, else the pooling query), cls or pool.",
     ),
     Setting(
         "tolerance",

@@ -50,6 +50,7 @@ class TestSettings:
     baseline_model: str
     strict_masks: bool = False
     branch: str | int = "primary"
+    query_source: str = "auto"
     model_kwargs: tuple[tuple[str, Any], ...] | None = None
     model_factory: str | None = None
     strict_weights: bool = False
@@ -63,6 +64,7 @@ class TestSettings:
             kwargs=self.model_kwargs or (),
             factory=self.model_factory,
             branch=self.branch,
+            query_source=self.query_source,
             strict=self.strict_weights,
         )
 

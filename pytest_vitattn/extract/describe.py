@@ -57,21 +57,38 @@ _BUILDERS = {
 }
 
 
-def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
+QUERY_SOURCES = ("auto", "cls", "pool")
+
+
+def describe(model: nn.Module, *, branch: int | None = None, query_source: str = "auto") -> Anatomy:
     """Find the CLS attention sites of a timm model, or refuse with the reason.
 
     Args:
         model: a timm model.
         branch: for multi-branch models (CrossViT), the branch whose CLS attention is read;
             default: the primary branch (the one with the most self-attention blocks).
+        query_source: which CLS-like query to read, for models that have both a CLS token
+            and an attention-pooling query (PE-core): ``"auto"`` (the CLS token if the model
+            has one, else its pooling query), ``"cls"`` (the CLS token's row in every block)
+            or ``"pool"`` (the pooling query's one row over the final tokens).
 
     Raises:
-        UnsupportedModelError: no readable CLS-like attention; the message says what the
-            model has, what it lacks and what would work instead.
+        UnsupportedModelError: no readable CLS-like attention, or no query of the asked
+            ``query_source``; the message says what the model has, what it lacks and what
+            would work instead.
     """
+    if query_source not in QUERY_SOURCES:
+        raise ValueError(f"query_source={query_source!r} is not one of {', '.join(QUERY_SOURCES)}")
     if hasattr(model, "describe_anatomy"):  # a transformers model (pytest_vitattn.hf)
+        if query_source != "auto":
+            raise UnsupportedModelError(
+                f"query_source={query_source!r} was asked for, but transformers models are "
+                f"read through their one CLS-like query; use query_source='auto'"
+            )
         return model.describe_anatomy()
     name = type(model).__name__
+    if query_source != "auto":
+        _check_query_source(model, name, query_source)
     if branch is not None and name != "CrossVit":
         raise UnsupportedModelError(
             f"branch={branch!r} was asked for, but {name} has a single branch; only "
@@ -106,7 +123,7 @@ def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
         )
     _check_patch_embed(model, name)
     family = _FAMILY_OF_CLASS.get(name, name.lower())
-    if has_cls:
+    if has_cls and query_source != "pool":
         sites = _block_sites(model)
         named = [("cls", 0)]
         if getattr(model, "dist_token", None) is not None:
@@ -118,7 +135,8 @@ def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
             raise UnsupportedModelError(f"{name}.attn_pool is not a latent-query pooling")
         # The pool attends over the final patch tokens, and over the prefix tokens only
         # when the model says so (timm drops registers before the pool by default).
-        keeps_prefix = bool(getattr(model, "pool_include_prefix", False))
+        # timm's Eva.pool hands every token (CLS included) to the pool.
+        keeps_prefix = name == "Eva" or bool(getattr(model, "pool_include_prefix", False))
         return Anatomy(
             family="map-pool",
             sites=(AttentionSite("attn_pool", f"attn_pool.{kind.softmax_node}", 0),),
@@ -145,6 +163,45 @@ def describe(model: nn.Module, *, branch: int | None = None) -> Anatomy:
             f"register token's attention instead (marker token=..., --vitattn-token)."
         ),
     )
+
+
+def _check_query_source(model: nn.Module, name: str, query_source: str) -> None:
+    """Refuse ``query_source='cls'``/``'pool'`` on a model that lacks that query."""
+    has_cls = getattr(model, "cls_token", None) is not None or has_class_token(model)
+    pool = getattr(model, "attn_pool", None)
+    has = []
+    if has_cls:
+        has.append("a CLS token")
+    if pool is not None:
+        has.append(f"an attention-pooling query ({type(pool).__name__})")
+    what = " and ".join(has) or "neither a CLS token nor an attention-pooling query"
+    if query_source == "cls" and not has_cls:
+        raise UnsupportedModelError(
+            f"query_source='cls' was asked for, but {name} has no CLS token; it has {what}. "
+            f"Use query_source='auto'"
+            + (" or 'pool' (its pooling query)" if pool is not None else "")
+            + "."
+        )
+    if query_source == "pool":
+        if pool is None:
+            raise UnsupportedModelError(
+                f"query_source='pool' was asked for, but {name} has no attention-pooling "
+                f"query (attn_pool); it has {what}. Use query_source='auto'"
+                + (" or 'cls'" if has_cls else "")
+                + "."
+            )
+        if name not in ("VisionTransformer", "Eva", "NaFlexVit"):
+            raise UnsupportedModelError(
+                f"query_source='pool' was asked for; {name} has {what}, but pytest-vitattn "
+                f"reads the pooling query only of VisionTransformer, Eva (PE-core) and "
+                f"NaFlexVit models. Use query_source='auto'."
+            )
+        if name == "NaFlexVit" and getattr(model.embeds, "cls_token", None) is not None:
+            raise UnsupportedModelError(
+                f"query_source='pool' was asked for; {name} has {what}, but pytest-vitattn "
+                f"reads a NaFlexVit's pooling query only when it has no CLS token. Use "
+                f"query_source='auto' or 'cls'."
+            )
 
 
 def _refuse_known_unreadable(model: nn.Module, name: str) -> None:

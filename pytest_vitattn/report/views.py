@@ -646,6 +646,7 @@ def _facts(record: dict[str, Any], maps: Any) -> list[tuple[str, str]]:
         patches = f"{grid_h}x{grid_w} patches"
     facts = [
         ("model", f"{model.get('name')} — weights {model.get('weights')}"),
+        *([("query", f"query_source={model['query_source']}")] if "query_source" in model else []),
         ("weights id", str(model.get("weights_id"))),
         ("extraction", str(record.get("method"))),
         (
