@@ -11,7 +11,7 @@ from conftest import DATA, IMAGES, mask_of
 
 
 def test_last_layer_attention_lies_on_the_object(vitattn, shape_image):
-    """Relevance mass: the object, 4-15% of the image, draws at least 40% of the last layer's
+    """Relevance mass: the object, 1.5-15% of the image, draws at least 40% of the last layer's
     CLS attention (the failure message shows the chance level beside the value)."""
     attn = vitattn(shape_image)
     attn.expect(layer=-1).mass_in(mask_of(shape_image), at_least=0.4)
