@@ -521,19 +521,30 @@ def cascade_table(rows: list[CascadeRow]) -> str:
 
 
 def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
-    """Markdown table: accuracy and last-layer mass on the object per shape class."""
+    """Markdown table per shape class: accuracy, last-layer mass on the object, the share of
+    attention on patches the object touches at all, and how much of the peak patch the object
+    covers (mean mask fraction of the argmax patch)."""
     lines = [
-        "| model | shape | images | accuracy | mass on object (chance) | reachable mass |",
-        "|---|---|---|---|---|---|",
+        "| model | shape | images | accuracy | mass on object (chance) | on patches touching it "
+        "| object share of the peak patch | reachable mass |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    grid = None
     for model_name in model_names:
         model = timm.create_model(model_name, pretrained=True)
+        grid = tuple(model.patch_embed.grid_size)
         for label, shape in enumerate(SHAPE_CLASSES):
             keep = split.labels == label
-            s = score_arrays(model, split.images[keep], split.labels[keep], split.masks[keep])
+            images, labels, masks = split.images[keep], split.labels[keep], split.masks[keep]
+            s = score_arrays(model, images, labels, masks)
+            maps = layer_maps(model, images)[0][-1].flatten(1)  # (N, patches), last layer
+            fractions = mask_fractions(masks, grid).flatten(1)
+            touching = float((maps * (fractions > 0)).sum(dim=1).mean())
+            peak = float(fractions.gather(1, maps.argmax(dim=1, keepdim=True)).mean())
             lines.append(
                 f"| `{model_name}` | {shape} | {int(keep.sum())} | {s.accuracy:.3f} "
-                f"| {s.mass:.3f} ({s.mask_area:.3f}) | {s.reachable_mass:.3f} |"
+                f"| {s.mass:.3f} ({s.mask_area:.3f}) | {touching:.3f} | {peak:.3f} "
+                f"| {s.reachable_mass:.3f} |"
             )
     return "\n".join(lines)
 
