@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,20 @@ def stored_values(maps: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.n
     return np.asarray(maps, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
+# What a baseline stores of the model: enough to tell another model, other weights or
+# another query of the same model (a CrossViT branch, PE-core's pooling query) from drift.
+# The query keys are stored only when not the default, so older files compare unchanged.
+MODEL_IDENTITY_KEYS = ("name", "weights", "weights_id")
+QUERY_KEYS = ("branch", "query_source")
+
+
+def model_identity(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored part of a record's model description (see ``MODEL_IDENTITY_KEYS``)."""
+    identity = {key: model.get(key) for key in MODEL_IDENTITY_KEYS}
+    identity.update({key: model[key] for key in QUERY_KEYS if key in model})
+    return identity
+
+
 def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
     """What a baseline file says about the maps of ``record`` (an ``AttentionRecord``).
 
@@ -175,7 +190,7 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
         "test": test,
         "image": image_key,
         "image_sha256": record.image_sha256,
-        "model": {key: record.model.get(key) for key in ("name", "weights", "weights_id")},
+        "model": model_identity(record.model),
         "device": record.model.get("device"),
         "preprocessing": dict(record.preprocessing),
         "method": record.method,
@@ -198,7 +213,7 @@ def _describe_per_layer(record: Any, test: str, image_key: str) -> dict[str, Any
         "test": test,
         "image": image_key,
         "image_sha256": record.image_sha256,
-        "model": {key: record.model.get(key) for key in ("name", "weights", "weights_id")},
+        "model": model_identity(record.model),
         "device": record.model.get("device"),
         "preprocessing": dict(record.preprocessing),
         "method": record.method,

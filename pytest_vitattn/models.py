@@ -113,6 +113,8 @@ class LoadedModel:
         }
         if self.spec.kwargs:
             described["kwargs"] = {key: value for key, value in self.spec.kwargs}
+        if self.spec.branch != "primary":
+            described["branch"] = self.spec.branch
         if self.spec.query_source != "auto":
             described["query_source"] = self.spec.query_source
         return described

@@ -328,6 +328,13 @@ def incompatibilities(stored: dict[str, Any], current: dict[str, Any]) -> list[s
         stored, current: baseline metadata (see ``baseline.describe``).
     """
     problems = []
+    model_before, model_now = stored.get("model", {}), current.get("model", {})
+    for key, default in (("query_source", "auto"), ("branch", "primary")):
+        if model_before.get(key, default) != model_now.get(key, default):
+            problems.append(
+                f"{key}: baseline {model_before.get(key, default)!r}, this run "
+                f"{model_now.get(key, default)!r} (another query of the model)"
+            )
     for axis, name in enumerate(("layers", "heads")):
         before, now = _layers_heads(stored)[axis], _layers_heads(current)[axis]
         if before != now:
@@ -569,12 +576,21 @@ def _entry_dict(entry: MapEntry) -> dict[str, Any]:
     return data
 
 
-def _model_key(model: Mapping[str, Any]) -> tuple[Any, Any]:
-    return model.get("name"), model.get("weights_id")
+def _model_key(model: Mapping[str, Any]) -> tuple[Any, ...]:
+    # A missing query key is the default query (files from before the keys existed).
+    return (
+        model.get("name"),
+        model.get("weights_id"),
+        model.get("branch", "primary"),
+        model.get("query_source", "auto"),
+    )
 
 
 def _model_text(model: Mapping[str, Any]) -> str:
-    return f"{model.get('name')} (weights: {model.get('weights')}, {model.get('weights_id')})"
+    query = "".join(f", {key}={model[key]!r}" for key in ("branch", "query_source") if key in model)
+    return (
+        f"{model.get('name')} (weights: {model.get('weights')}, {model.get('weights_id')}{query})"
+    )
 
 
 def _written_message(shown: list[str], policy: BaselinePolicy) -> str:

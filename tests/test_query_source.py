@@ -203,3 +203,41 @@ def test_ini(vitattn):
     result = run(pytester, pe_core_weights)
     result.stdout.fnmatch_lines(["*SHAPE ini 1*"])
     result.assert_outcomes(passed=1)
+
+
+BASELINE_SUITE = """
+import numpy as np
+
+IMAGE = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+
+
+def test_every_map(vitattn):
+    vitattn(IMAGE).matches_baseline()
+"""
+
+
+def test_a_baseline_of_the_cls_query_is_not_compared_with_the_pooling_query(
+    pytester, monkeypatch, pe_core_weights
+):
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(test_pe_baseline=BASELINE_SUITE)
+    run(pytester, pe_core_weights, "--vitattn-missing-baselines=write").assert_outcomes(passed=1)
+    run(pytester, pe_core_weights).assert_outcomes(passed=1)
+
+    result = run(pytester, pe_core_weights, "--vitattn-query-source=pool")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*was made under other conditions, so its maps cannot be compared:*",
+            "*query_source: baseline 'auto', this run 'pool' (another query of the model)*",
+        ]
+    )
+    # Written under the pooling query, the file says so; the default query's file did not.
+    run(pytester, pe_core_weights, "--vitattn-query-source=pool", "--vitattn-update-baselines")
+    (stored,) = list((pytester.path / "vitattn_baselines").rglob("*.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(stored), "pt") as handle:
+        metadata = json.loads(next(iter(handle.metadata().values())))
+    assert metadata["model"]["query_source"] == "pool"
+    run(pytester, pe_core_weights, "--vitattn-query-source=pool").assert_outcomes(passed=1)
