@@ -182,11 +182,18 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
     Only deterministic facts go in (no time, host or absolute path), so that the same run
     writes the same bytes.
     """
-    if isinstance(record.maps, list):
-        return _describe_per_layer(record, test, image_key)
-    return {
+    if isinstance(record.maps, list):  # a grid per layer (format 3, see the module's doc)
+        version = FORMAT_VERSION
+        shapes = [[int(size) for size in layer.shape] for layer in record.maps]
+        grids: dict[str, Any] = {"grid": None, "layer_grids": [shape[1:] for shape in shapes]}
+        shape = [int(sum(np.prod(layer_shape) for layer_shape in shapes))]
+    else:
+        version, shapes = _UNIFORM_VERSION, None
+        grids = {"grid": [int(size) for size in record.maps.shape[-2:]]}
+        shape = [int(size) for size in record.maps.shape]
+    described = {
         "format": FORMAT,
-        "format_version": _UNIFORM_VERSION,
+        "format_version": version,
         "test": test,
         "image": image_key,
         "image_sha256": record.image_sha256,
@@ -197,36 +204,14 @@ def describe(record: Any, test: str, image_key: str) -> dict[str, Any]:
         "token_layout": {
             "num_prefix_tokens": int(record.num_prefix_tokens),
             "query_index": int(record.query_index),
-            "grid": [int(size) for size in record.maps.shape[-2:]],
+            **grids,
         },
-        "shape": [int(size) for size in record.maps.shape],
-        "versions": library_versions(),
+        "shape": shape,
     }
-
-
-def _describe_per_layer(record: Any, test: str, image_key: str) -> dict[str, Any]:
-    """``describe`` for a model with a grid per layer (format 3, see the module's doc)."""
-    shapes = [[int(size) for size in layer.shape] for layer in record.maps]
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "test": test,
-        "image": image_key,
-        "image_sha256": record.image_sha256,
-        "model": model_identity(record.model),
-        "device": record.model.get("device"),
-        "preprocessing": dict(record.preprocessing),
-        "method": record.method,
-        "token_layout": {
-            "num_prefix_tokens": int(record.num_prefix_tokens),
-            "query_index": int(record.query_index),
-            "grid": None,
-            "layer_grids": [shape[1:] for shape in shapes],
-        },
-        "shape": [int(sum(np.prod(shape) for shape in shapes))],
-        "layer_shapes": shapes,
-        "versions": library_versions(),
-    }
+    if shapes is not None:
+        described["layer_shapes"] = shapes
+    described["versions"] = library_versions()
+    return described
 
 
 def library_versions() -> dict[str, str]:

@@ -206,36 +206,17 @@ class Probe:
         if extraction.rollout is not None:
             rollout = patch_maps(extraction.rollout[index], layout.num_prefix_tokens, layout.grid)
         shares = prefix_share(rows, layout.num_prefix_tokens)
-        record = AttentionRecord(
-            record_id=self._record_id(label_of(source, index)),
-            nodeid=self.context.nodeid,
-            location=self.context.location,
-            image_label=label_of(source, index),
-            model=self.loaded.describe(),
-            preprocessing=self.preprocessing.describe(),
-            method=extraction.method,
-            num_prefix_tokens=layout.num_prefix_tokens,
-            query_index=layout.query_index,
-            image=(display.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
-            maps=maps.numpy(),
-            rollout=None if rollout is None else rollout.numpy(),
-            prefix_share=shares.numpy(),
-            prediction=self._prediction(extraction.logits, index),
-            image_sha256=image_sha256,
-            image_file=file_name_of(source),
-        )
-        self.context.records.append(record)
-        return CLSAttention(
+        return self._record_and_result(
+            extraction,
+            index,
+            source,
+            display,
+            geometry,
+            image_sha256,
             maps,
             rollout,
             shares,
-            geometry=geometry,
-            preprocessing=self.preprocessing,
-            record=record,
-            report_hint=self.context.report_hint,
-            baselines=self.context.baselines,
-            strict_masks=self.context.strict_masks,
-            rollout_source=None if later is None else later.source(index, record),
+            rollout_source=None if later is None else later.source,
             randomiser=lambda first_block: self._randomised_maps(display, first_block, maps),
         )
 
@@ -257,6 +238,50 @@ class Probe:
             check_finite(rows, f"the CLS attention of {label} (layer {layer})")
             maps.append(patch_maps(rows, layout.num_prefix_tokens, layout.grid_of(layer)))
             shares.append(prefix_share(rows, layout.num_prefix_tokens))
+        return self._record_and_result(
+            extraction,
+            index,
+            source,
+            display,
+            geometry,
+            image_sha256,
+            maps,
+            None,
+            shares,
+            rollout_source=None,
+            randomiser=lambda _first_block: self._refuse_ragged_randomisation(),
+        )
+
+    def _record_and_result(
+        self,
+        extraction: Extraction,
+        index: int,
+        source: Any,
+        display: torch.Tensor,
+        geometry: Geometry,
+        image_sha256: str,
+        maps: torch.Tensor | list[torch.Tensor],
+        rollout: torch.Tensor | None,
+        shares: torch.Tensor | list[torch.Tensor],
+        *,
+        rollout_source: Any,
+        randomiser: Any,
+    ) -> CLSAttention:
+        """Records one image's maps for the report and baselines and wraps them for checks.
+
+        Args:
+            maps: (L, H, h, w), or one (H_l, h_l, w_l) tensor per layer for a model whose
+                grid changes between layers; shares likewise (L, H) or one (H_l,) per layer.
+            rollout_source: ``_LazyRollout.source`` for a rollout computed on first use, or None.
+        """
+        layout = extraction.layout
+        label = label_of(source, index)
+
+        def to_numpy(values: torch.Tensor | list[torch.Tensor]) -> Any:
+            if isinstance(values, list):
+                return [value.numpy() for value in values]
+            return values.numpy()
+
         record = AttentionRecord(
             record_id=self._record_id(label),
             nodeid=self.context.nodeid,
@@ -268,9 +293,9 @@ class Probe:
             num_prefix_tokens=layout.num_prefix_tokens,
             query_index=layout.query_index,
             image=(display.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
-            maps=[layer_maps.numpy() for layer_maps in maps],
-            rollout=None,
-            prefix_share=[layer_shares.numpy() for layer_shares in shares],
+            maps=to_numpy(maps),
+            rollout=None if rollout is None else rollout.numpy(),
+            prefix_share=to_numpy(shares),
             prediction=self._prediction(extraction.logits, index),
             image_sha256=image_sha256,
             image_file=file_name_of(source),
@@ -278,7 +303,7 @@ class Probe:
         self.context.records.append(record)
         return CLSAttention(
             maps,
-            None,
+            rollout,
             shares,
             geometry=geometry,
             preprocessing=self.preprocessing,
@@ -286,7 +311,8 @@ class Probe:
             report_hint=self.context.report_hint,
             baselines=self.context.baselines,
             strict_masks=self.context.strict_masks,
-            randomiser=lambda _first_block: self._refuse_ragged_randomisation(),
+            rollout_source=None if rollout_source is None else rollout_source(index, record),
+            randomiser=randomiser,
         )
 
     def _refuse_ragged_randomisation(self) -> torch.Tensor:

@@ -1014,18 +1014,8 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
     current_means, stored_means = maps.mean(axis=1), stored.mean(axis=1)
     rows = []
     for layer in range(maps.shape[0]):
-        difference = current_means[layer] - stored_means[layer]
         rows.append(
-            BaselineRow(
-                label=f"layer {layer}",
-                baseline=_image_cell(stored_means[layer], f"baseline, layer {layer}, head mean"),
-                current=_image_cell(current_means[layer], f"current, layer {layer}, head mean"),
-                difference=_image_cell(
-                    difference, f"current - baseline, layer {layer}", diverging=True
-                ),
-                # Half the L1 distance: the share of attention mass that moved.
-                drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
-            )
+            _baseline_row(f"layer {layer}", layer, current_means[layer], stored_means[layer])
         )
     status = str(baseline.get("status") or "compared")
     note = (
@@ -1033,6 +1023,19 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
         "blue (less)"
     )
     return BaselineView(path, drifted, note, rows)
+
+
+def _baseline_row(label: str, layer: int, current: Any, stored: Any) -> BaselineRow:
+    """One layer's head means, (h, w) each: baseline, current and their difference."""
+    difference = current - stored
+    return BaselineRow(
+        label=label,
+        baseline=_image_cell(stored, f"baseline, layer {layer}, head mean"),
+        current=_image_cell(current, f"current, layer {layer}, head mean"),
+        difference=_image_cell(difference, f"current - baseline, layer {layer}", diverging=True),
+        # Half the L1 distance: the share of attention mass that moved.
+        drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
+    )
 
 
 def _per_layer_baseline_view(
@@ -1050,18 +1053,10 @@ def _per_layer_baseline_view(
         return BaselineView(path, drifted, note, [])
     rows = []
     for layer, (current, before) in enumerate(zip(maps, stored, strict=True)):
-        current_mean, stored_mean = current.mean(axis=0), before.mean(axis=0)
-        difference = current_mean - stored_mean
         grid = f"{current.shape[-2]}x{current.shape[-1]}"
         rows.append(
-            BaselineRow(
-                label=f"layer {layer} ({grid})",
-                baseline=_image_cell(stored_mean, f"baseline, layer {layer}, head mean"),
-                current=_image_cell(current_mean, f"current, layer {layer}, head mean"),
-                difference=_image_cell(
-                    difference, f"current - baseline, layer {layer}", diverging=True
-                ),
-                drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
+            _baseline_row(
+                f"layer {layer} ({grid})", layer, current.mean(axis=0), before.mean(axis=0)
             )
         )
     status = str(baseline.get("status") or "compared")
