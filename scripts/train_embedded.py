@@ -297,6 +297,19 @@ def batches(config: TrainConfig) -> Iterator[Batch]:
             yield batch
 
 
+def recipe(config: TrainConfig) -> str:
+    """The run's arguments that shape the weights, as the JSON stored in the weights file.
+
+    Evaluation and output places do not change the weights, so they stay out.
+    """
+    shaping = {
+        key: value
+        for key, value in dataclasses.asdict(config).items()
+        if key not in ("eval_every", "output_dir", "data_workers", "checkpoint_dir")
+    }
+    return json.dumps(shaping, sort_keys=True)
+
+
 def save_weights(model: torch.nn.Module, config: TrainConfig) -> Path:
     """Writes the state dict as float16 safetensors (half the size; accuracy is unchanged).
 
@@ -306,13 +319,7 @@ def save_weights(model: torch.nn.Module, config: TrainConfig) -> Path:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     path = config.output_dir / f"{config.model_name}.safetensors"
     state = {name: value.detach().half().contiguous() for name, value in model.state_dict().items()}
-    # Evaluation and output place do not change the weights, so they stay out.
-    recipe = {
-        key: value
-        for key, value in dataclasses.asdict(config).items()
-        if key not in ("eval_every", "output_dir", "data_workers", "checkpoint_dir")
-    }
-    save_file(state, str(path), metadata={"recipe": json.dumps(recipe, sort_keys=True)})
+    save_file(state, str(path), metadata={"recipe": recipe(config)})
     print(f"[{config.model_name}] wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
     return path
 
