@@ -389,7 +389,7 @@ def stress_table(rows: list[StressRow]) -> str:
         lines.append(
             f"| `{row.model_name}` | {row.split.name} | {s.accuracy:.3f} "
             f"| {s.pointing:.3f} ({s.pointing_chance:.3f}) | {s.mass:.3f} ({s.mask_area:.3f}) "
-            f"| {s.mass / s.mask_area:.1f} | {s.reachable_mass:.3f} |"
+            f"| {s.mass / s.mask_area:.2f} | {s.reachable_mass:.3f} |"
         )
     return "\n".join(lines)
 
