@@ -979,16 +979,13 @@ def _randomised_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView |
     trained_means, random_means = maps.mean(axis=1), stored.mean(axis=1)
     rows = []
     for layer in range(maps.shape[0]):
-        difference = trained_means[layer] - random_means[layer]
         rows.append(
-            BaselineRow(
-                label=f"layer {layer}",
-                baseline=_image_cell(random_means[layer], f"randomised, layer {layer}, head mean"),
-                current=_image_cell(trained_means[layer], f"trained, layer {layer}, head mean"),
-                difference=_image_cell(
-                    difference, f"trained - randomised, layer {layer}", diverging=True
-                ),
-                drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
+            _baseline_row(
+                f"layer {layer}",
+                layer,
+                trained_means[layer],
+                random_means[layer],
+                names=("trained", "randomised"),
             )
         )
     note = "head means per layer; a map that depends on the weights moves (red: trained only)"
@@ -1025,14 +1022,22 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
     return BaselineView(path, drifted, note, rows)
 
 
-def _baseline_row(label: str, layer: int, current: Any, stored: Any) -> BaselineRow:
-    """One layer's head means, (h, w) each: baseline, current and their difference."""
+def _baseline_row(
+    label: str,
+    layer: int,
+    current: Any,
+    stored: Any,
+    names: tuple[str, str] = ("current", "baseline"),
+) -> BaselineRow:
+    """One layer's head means, (h, w) each: the reference (``stored``), ``current`` and their
+    difference; ``names`` are (current, reference) as the captions call them."""
+    now, before = names
     difference = current - stored
     return BaselineRow(
         label=label,
-        baseline=_image_cell(stored, f"baseline, layer {layer}, head mean"),
-        current=_image_cell(current, f"current, layer {layer}, head mean"),
-        difference=_image_cell(difference, f"current - baseline, layer {layer}", diverging=True),
+        baseline=_image_cell(stored, f"{before}, layer {layer}, head mean"),
+        current=_image_cell(current, f"{now}, layer {layer}, head mean"),
+        difference=_image_cell(difference, f"{now} - {before}, layer {layer}", diverging=True),
         # Half the L1 distance: the share of attention mass that moved.
         drift=f"{0.5 * float(np.abs(difference).sum()):.3f}",
     )
