@@ -137,16 +137,9 @@ def describe(model: nn.Module, *, branch: int | None = None, query_source: str =
         # when the model says so (timm drops registers before the pool by default).
         # timm's Eva.pool hands every token (CLS included) to the pool.
         keeps_prefix = name == "Eva" or bool(getattr(model, "pool_include_prefix", False))
-        return Anatomy(
-            family="map-pool",
-            sites=(AttentionSite("attn_pool", f"attn_pool.{kind.softmax_node}", 0),),
-            num_prefix_tokens=prefix if keeps_prefix else 0,
-            query_index=0,
-            fast_path=True,
-            num_queries=int(pool.latent_len),
-            named_queries=(("cls", 0),),
-            has_rollout=False,
-            grid_rule=patch_embed_grid,
+        site = AttentionSite("attn_pool", f"attn_pool.{kind.softmax_node}", 0)
+        return families.pooling_query(
+            "map-pool", site, pool, prefix if keeps_prefix else 0, patch_embed_grid
         )
     no_cls = (
         f"{no_cls_clause(model)}, so there is no CLS attention row to read; reading row 0 "

@@ -46,6 +46,25 @@ def cls_only(family: str, sites: list[AttentionSite], grid_rule, rollout: bool) 
     )
 
 
+def pooling_query(
+    family: str, site: AttentionSite, pool: nn.Module, num_prefix_tokens: int, grid_rule
+) -> Anatomy:
+    """The anatomy of an attention-pooling query (``AttentionPoolLatent``): one layer, its
+    latent query 0 read as the CLS-like row, over ``num_prefix_tokens`` prefix tokens (0 when
+    the model drops them before the pool) and the final patch tokens; no rollout."""
+    return Anatomy(
+        family=family,
+        sites=(site,),
+        num_prefix_tokens=num_prefix_tokens,
+        query_index=0,
+        fast_path=True,
+        num_queries=int(pool.latent_len),
+        named_queries=(("cls", 0),),
+        has_rollout=False,
+        grid_rule=grid_rule,
+    )
+
+
 def _fixed(input_hw: tuple[int, int], built_for: tuple[int, int], grid: tuple[int, int]):
     if tuple(input_hw) != tuple(built_for):
         raise ImageError(
@@ -235,16 +254,8 @@ def naflexvit(model: nn.Module) -> Anatomy:
     if pool is not None:
         site = _site(model, "attn_pool", 0, "latent")
         keeps_prefix = bool(getattr(model, "pool_include_prefix", False))
-        return Anatomy(
-            family="naflexvit-map",
-            sites=(site,),
-            num_prefix_tokens=prefix if keeps_prefix else 0,
-            query_index=0,
-            fast_path=True,
-            num_queries=int(pool.latent_len),
-            named_queries=(("cls", 0),),
-            has_rollout=False,
-            grid_rule=_naflex_grid,
+        return pooling_query(
+            "naflexvit-map", site, pool, prefix if keeps_prefix else 0, _naflex_grid
         )
     from pytest_vitattn.extract.refusals import no_cls_clause, no_query
 
