@@ -3,14 +3,16 @@
     python scripts/evaluate_embedded.py            # Markdown tables, exit 1 if a target is missed
     python scripts/evaluate_embedded.py --no-check # tables only
 
-Three parts, each printed as a Markdown table:
+Four parts, each printed as a Markdown table:
 
 1. Stress splits (``stress_splits.py``): the faithful and the brightness model on held-out
    "varied" images, one split per removed cue, with chance levels and the reachable mass;
    also per layer. The faithful model's targets are issue 14's (``MIN_STRESS_*`` below).
 2. Cascading randomisation (Adebayo et al. 2018): both models with their blocks
    re-initialised from the top down (``pytest_vitattn.sanity.randomised_copy``).
-3. The marker shortcut: the faithful and the shortcut model without and with the marker,
+3. The last layer's reading (``last_layer_reading.py``): accuracy when the last block's
+   CLS token may read only some patches, to tell whether the last-layer map decides anything.
+4. The marker shortcut: the faithful and the shortcut model without and with the marker,
    with issue 3's targets for the shortcut model.
 
 Models load through timm by name (``pretrained=True`` reads the packaged weights, offline).
@@ -583,6 +585,13 @@ def main(argv: list[str] | None = None) -> int:
         "mean; 'attention moved' = total variation distance to the trained map.\n"
     )
     print(cascade_table(cascade_rows))
+    print(
+        f"\nWhat the last layer decides, split {built[0].split.name!r}: accuracy when the last "
+        "block's CLS token may read only the tokens named (its prefix tokens always).\n"
+    )
+    from last_layer_reading import reading_table  # it imports this module's helpers
+
+    print(reading_table(stress_models, built[0]))
 
     rows = evaluate(args.num_images)
     print(

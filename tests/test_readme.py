@@ -42,4 +42,6 @@ def test_the_families_table_is_the_catalog():
     from pytest_vitattn.extract.catalog import markdown_table
 
     table = _between(README, "<!-- families-table -->", "<!-- end families-table -->")
-    assert table == markdown_table(), "README families table is stale: python -m pytest_vitattn.extract.catalog"
+    assert table == markdown_table(), (
+        "README families table is stale: python -m pytest_vitattn.extract.catalog"
+    )
