@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 from safetensors import safe_open
 
 from pytest_vitattn import zoo
@@ -37,8 +39,44 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
     assert {key: ours[key] for key in shipped} == shipped
 
 
-@pytest.mark.parametrize("flag", ["--faithful-lr=1e-3", "--faithful-steps=10"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--faithful-lr=1e-3",
+        "--faithful-steps=10",
+        "--faithful-drop-path-rate=0.2",
+        "--faithful-last-block-reads",
+    ],
+)
 def test_another_argument_is_another_recipe(flag):
     run = default_runs()[zoo.FAITHFUL_MODEL]
     changed = {r.model_name: r for r in train_embedded.configs(train_embedded.parse_args([flag]))}
     assert train_embedded.recipe(changed[zoo.FAITHFUL_MODEL]) != train_embedded.recipe(run)
+
+
+def _class_loss_through_last_block(last_block_reads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random faithful model's logits (2, classes) and the class loss's gradient with
+    respect to the tokens entering its last block (2, N, D)."""
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
+    entering = []
+
+    def keep(_block, inputs):
+        inputs[0].retain_grad()
+        entering.append(inputs[0])
+
+    model.blocks[-1].register_forward_pre_hook(keep)  # runs before the detaching hook
+    if last_block_reads:
+        model.blocks[-1].register_forward_pre_hook(train_embedded.detach_cls_before)
+    logits = model(torch.randn(2, 3, 64, 64))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    return logits.detach(), entering[0].grad
+
+
+def test_last_block_reads_cuts_the_cls_tokens_path_and_nothing_else():
+    plain_logits, plain = _class_loss_through_last_block(last_block_reads=False)
+    logits, detached = _class_loss_through_last_block(last_block_reads=True)
+    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=0)  # same forward
+    assert plain[:, 0].abs().sum() > 0
+    assert torch.count_nonzero(detached[:, 0]) == 0  # what the CLS token carried is not trained
+    assert torch.count_nonzero(detached[:, 1:]) == detached[:, 1:].numel()  # the patches are
