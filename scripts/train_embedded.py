@@ -294,8 +294,8 @@ def detach_cls_before(_block: torch.nn.Module, inputs: tuple[torch.Tensor]) -> t
 
     Gradient only, the forward pass is unchanged: the class loss then reaches the earlier
     blocks only through the patch tokens that the last block's CLS attention reads, so the
-    last layer has to find the class evidence (an experiment, not the shipped recipe: see
-    the README's training paragraph for what it gave).
+    last layer has to find the class evidence (an experiment, not the shipped recipe: the
+    README's "Why the last layer is the one that misses" says what it gave).
     """
     (tokens,) = inputs  # (B, N, D)
     return (torch.cat([tokens[:, :1].detach(), tokens[:, 1:]], dim=1),)
