@@ -357,15 +357,7 @@ def _varied_sample(
     rng = np.random.default_rng([SPLITS[split], index, 2])
     label = int(rng.integers(len(SHAPE_CLASSES)))
     shape = _drawn_shape(label, shape_agreement, np.random.default_rng([SPLITS[split], index, 1]))
-    grayscale = bool(rng.random() < GRAYSCALE_SHARE)
-
-    canvas = _varied_background(rng, size)
-    distractor_luminance = _draw_varied_distractors(canvas, rng, size)
-    pixels = np.asarray(canvas, dtype=np.float32).copy()
-    if grayscale:
-        pixels[:] = luminance(pixels)[..., None]
-        if distractor_luminance is not None:
-            distractor_luminance = float(np.round(distractor_luminance))
+    pixels, grayscale, distractor_luminance = _varied_canvas(rng, size)
 
     angle = (
         float(rng.uniform(0.0, 360.0)) if SHAPE_CLASSES[shape] not in ("circle", "ring") else 0.0
@@ -380,10 +372,7 @@ def _varied_sample(
     mode = str(rng.choice(list(CONTRAST_MODES), p=list(CONTRAST_MODES.values())))
     colour = _contrasting_colour(background_colour, mode, grayscale, rng)
     pixels[mask] = colour
-    # Sensor-like noise over everything, object included, so flat colour is no giveaway.
-    noise_shape = (size, size, 1) if grayscale else pixels.shape
-    pixels += rng.normal(0.0, 6.0, size=noise_shape).astype(np.float32)
-    image_array = np.clip(pixels, 0, 255).astype(np.uint8)
+    image_array = _with_sensor_noise(pixels, grayscale, rng)
 
     marker = None
     if shortcut:
@@ -401,6 +390,52 @@ def _varied_sample(
         contrast_mode=mode,
         distractor_luminance=distractor_luminance,
     )
+
+
+def make_object_free_image(
+    index: int, *, split: str = "train", size: int = DEFAULT_SIZE
+) -> Image.Image:
+    """A "varied" image with no object: the background, strokes, gray share and noise of
+    ``make_sample``'s "varied" style, drawn from a seed stream of its own (so it repeats
+    no sample's background). Training shows these as "no shape here" (the faithful
+    model's object-free images), so that no class can be the answer for an absent object.
+
+    Returns:
+        A (size, size) RGB image.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
+    if index < 0:
+        raise ValueError(f"index {index} is negative")
+    rng = np.random.default_rng([SPLITS[split], index, 3])
+    pixels, grayscale, _ = _varied_canvas(rng, size)
+    return Image.fromarray(_with_sensor_noise(pixels, grayscale, rng))
+
+
+def _varied_canvas(rng: np.random.Generator, size: int) -> tuple[np.ndarray, bool, float | None]:
+    """Everything of a "varied" image but the object and the noise.
+
+    Returns:
+        pixels (size, size, 3) float32, whether they are gray, and the luminance of the
+        bright stroke (None without one; rounded on gray images, as drawn).
+    """
+    grayscale = bool(rng.random() < GRAYSCALE_SHARE)
+    canvas = _varied_background(rng, size)
+    distractor_luminance = _draw_varied_distractors(canvas, rng, size)
+    pixels = np.asarray(canvas, dtype=np.float32).copy()
+    if grayscale:
+        pixels[:] = luminance(pixels)[..., None]
+        if distractor_luminance is not None:
+            distractor_luminance = float(np.round(distractor_luminance))
+    return pixels, grayscale, distractor_luminance
+
+
+def _with_sensor_noise(pixels: np.ndarray, grayscale: bool, rng: np.random.Generator) -> np.ndarray:
+    """Sensor-like noise over everything, object included, so flat colour is no giveaway:
+    (H, W, 3) float32 in, (H, W, 3) uint8 out (gray images get gray noise)."""
+    noise_shape = (*pixels.shape[:2], 1) if grayscale else pixels.shape
+    noisy = pixels + rng.normal(0.0, 6.0, size=noise_shape).astype(np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _varied_background(rng: np.random.Generator, size: int) -> Image.Image:

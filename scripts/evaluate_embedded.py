@@ -11,7 +11,8 @@ Four parts, each printed as a Markdown table:
 2. Cascading randomisation (Adebayo et al. 2018): both models with their blocks
    re-initialised from the top down (``pytest_vitattn.sanity.randomised_copy``).
 3. The last layer's reading (``last_layer_reading.py``): accuracy when the last block's
-   CLS token may read only some patches, to tell whether the last-layer map decides anything.
+   CLS token may read only some patches, to tell whether the last-layer map decides anything;
+   and what each model answers on images with no object (``object_free_predictions.py``).
 4. The marker shortcut: the faithful and the shortcut model without and with the marker,
    with issue 3's targets for the shortcut model.
 
@@ -592,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     from last_layer_reading import reading_table  # it imports this module's helpers
 
     print(reading_table(stress_models, built[0]))
+    from object_free_predictions import object_free_table  # it imports this module too
+
+    print(
+        f"\nObject-free images ({cascade_images}, split 'test'): the share named each class, "
+        "and the mean top probability. A class named for most of them is the model's "
+        '"none of the others", recognised without evidence of its own.\n'
+    )
+    print(object_free_table(stress_models, cascade_images))
 
     rows = evaluate(args.num_images)
     print(

@@ -29,6 +29,12 @@ With the linear embedding, fine-tuning the 0.1 weights for 7,000 steps reached o
 validation accuracy; the stem reached 0.75 in 800 steps. The shortcut model stays on the
 0.1 "bright" images and the 0.1 architecture.
 
+``--faithful-object-free-images N`` adds N images without any object to every batch (their
+own seed stream, ``make_object_free_image``), trained towards the uniform prediction with
+weight ``--faithful-object-free-weight`` (Outlier Exposure, Hendrycks et al. 2019). Without
+them a model may learn one class as "none of the other four" and need no evidence for it
+(``object_free_predictions.py`` measures that).
+
 ``--faithful-last-block-reads`` and ``--faithful-drop-path-rate`` are experiments meant to make
 the faithful model's last layer read the object (its class is decided before the last block:
 ``last_layer_reading.py``); neither is in the shipped recipe (README: what they gave).
@@ -67,7 +73,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).par
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
-from pytest_vitattn.synthetic import DEFAULT_STYLE, LUMA, STYLES, make_sample  # noqa: E402
+from pytest_vitattn.synthetic import (  # noqa: E402
+    DEFAULT_STYLE,
+    LUMA,
+    STYLES,
+    make_object_free_image,
+    make_sample,
+)
 
 NUM_VAL_IMAGES = 300
 
@@ -88,6 +100,8 @@ class TrainConfig:
     token_label_weight: float = 0.0
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
+    object_free_images: int = 0
+    object_free_weight: float = 0.5
     style: str = DEFAULT_STYLE
     augment: bool = False
     seed: int = 0
@@ -111,7 +125,11 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 @dataclass(frozen=True)
 class Batch:
-    """A training batch: images (B, H, W, 3) uint8, labels (B,), shapes (B,), masks (B, H, W)."""
+    """A training batch: images (B, H, W, 3) uint8, labels (B,), shapes (B,), masks (B, H, W).
+
+    The last ``TrainConfig.object_free_images`` rows hold no object: their label is
+    ``NO_OBJECT`` (ignored by the class loss), their shape 0 and their mask empty.
+    """
 
     images: np.ndarray
     labels: torch.Tensor
@@ -119,9 +137,14 @@ class Batch:
     masks: np.ndarray
 
 
+# Class target of an object-free image: PyTorch's ignore_index, so the class loss skips it.
+NO_OBJECT = -100
+
+
 def training_batch(step: int, config: TrainConfig) -> Batch:
     """Batch ``step`` of the train stream (consecutive sample indices from
-    ``config.first_sample``, never repeated within a run)."""
+    ``config.first_sample``, never repeated within a run), then ``object_free_images``
+    object-free images from their own stream."""
     start = config.first_sample + step * config.batch_size
     samples = [
         make_sample(
@@ -133,14 +156,20 @@ def training_batch(step: int, config: TrainConfig) -> Batch:
         )
         for i in range(start, start + config.batch_size)
     ]
-    images = np.stack([np.asarray(s.image) for s in samples])
-    masks = np.stack([s.mask for s in samples])
+    images = [np.asarray(s.image) for s in samples]
+    masks = [s.mask for s in samples]
+    free = config.object_free_images
+    first_free = (config.first_sample // config.batch_size + step) * free
+    for i in range(first_free, first_free + free):
+        images.append(np.asarray(make_object_free_image(i, split="train")))
+        masks.append(np.zeros_like(masks[0]))
+    images, masks = np.stack(images), np.stack(masks)
     if config.augment:
         images, masks = augment(images, masks, np.random.default_rng([config.seed, step, 7]))
     return Batch(
         images=images,
-        labels=torch.tensor([s.label for s in samples]),
-        shapes=torch.tensor([s.shape for s in samples]),
+        labels=torch.tensor([s.label for s in samples] + [NO_OBJECT] * free),
+        shapes=torch.tensor([s.shape for s in samples] + [0] * free),
         masks=masks,
     )
 
@@ -201,11 +230,18 @@ def token_targets(batch: Batch, grid: tuple[int, int], num_classes: int) -> torc
 def training_loss(
     model: torch.nn.Module, token_head: torch.nn.Module, batch: Batch, config: TrainConfig
 ) -> torch.Tensor:
-    """Class cross-entropy on the CLS token plus the weighted token labelling loss."""
+    """Class cross-entropy on the CLS token plus the weighted token labelling loss, plus,
+    on object-free images, the weighted cross-entropy to the uniform distribution (Outlier
+    Exposure, Hendrycks et al. 2019): no class may be the answer when no shape is there."""
     tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
+    logits = model.forward_head(tokens)  # (B, classes)
     loss = F.cross_entropy(
-        model.forward_head(tokens), batch.labels, label_smoothing=config.label_smoothing
+        logits, batch.labels, ignore_index=NO_OBJECT, label_smoothing=config.label_smoothing
     )
+    object_free = batch.labels == NO_OBJECT
+    if object_free.any():
+        uniform_cross_entropy = -F.log_softmax(logits[object_free], dim=1).mean(dim=1)
+        loss = loss + config.object_free_weight * uniform_cross_entropy.mean()
     if config.token_label_weight > 0:
         patch_logits = token_head(tokens[:, model.num_prefix_tokens :])  # (B, patches, C + 1)
         targets = token_targets(batch, tuple(model.patch_embed.grid_size), model.num_classes)
@@ -322,7 +358,12 @@ def batches(config: TrainConfig) -> Iterator[Batch]:
 # Options added after the shipped weights were trained: at their defaults they train exactly
 # as before, so they are recorded only when set, and rerunning the shipped recipe still writes
 # a byte-identical file.
-_RECORDED_WHEN_SET = ("last_block_reads", "drop_path_rate")
+_RECORDED_WHEN_SET = (
+    "last_block_reads",
+    "drop_path_rate",
+    "object_free_images",
+    "object_free_weight",
+)
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
@@ -379,6 +420,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="detach the CLS token before the last block (gradient only), so the class "
         "loss reaches earlier blocks only through what the last block's CLS attention reads",
+    )
+    parser.add_argument(
+        "--faithful-object-free-images",
+        type=int,
+        default=0,
+        help="object-free images added to every batch, trained towards a uniform prediction",
+    )
+    parser.add_argument(
+        "--faithful-object-free-weight",
+        type=float,
+        default=0.5,
+        help="weight of the object-free images' loss (cross-entropy to uniform)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--faithful-lr", type=float, default=2e-3, help="peak learning rate")
@@ -449,6 +502,8 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 token_label_weight=args.faithful_token_label_weight,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,
+                object_free_images=args.faithful_object_free_images,
+                object_free_weight=args.faithful_object_free_weight,
                 style=args.faithful_style,
                 augment=not args.no_augment,
                 init_from=None if args.faithful_init_from == "random" else args.faithful_init_from,

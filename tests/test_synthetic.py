@@ -21,6 +21,7 @@ from pytest_vitattn.synthetic import (
     VARIED_AREA_SHARES,
     luminance,
     make_batch,
+    make_object_free_image,
     make_sample,
     marker_mask,
 )
@@ -236,3 +237,27 @@ def test_varied_images_have_bright_distractors(test_samples):
     with_stroke = [s for s in test_samples if s.distractor_luminance is not None]
     assert 0.35 <= len(with_stroke) / len(test_samples) <= 0.65
     assert min(s.distractor_luminance for s in with_stroke) >= 0.85 * 255 * 0.5
+
+
+def test_object_free_images_are_reproducible_and_repeat_no_sample():
+    first = np.asarray(make_object_free_image(5, split="train"))
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, np.asarray(make_object_free_image(5, split="train")))
+    assert not np.array_equal(first, np.asarray(make_object_free_image(5, split="val")))
+    samples = {np.asarray(make_sample(i, split="train").image).tobytes() for i in range(50)}
+    free = {np.asarray(make_object_free_image(i, split="train")).tobytes() for i in range(50)}
+    assert len(free) == 50 and not free & samples
+
+
+def test_object_free_images_share_the_varied_styles_gray_share():
+    gray = [
+        np.ptp(np.asarray(make_object_free_image(i)).astype(np.int16), axis=-1).max() == 0
+        for i in range(400)
+    ]
+    assert abs(np.mean(gray) - GRAYSCALE_SHARE) < 0.05
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "validation"}, {"index": -1}])
+def test_object_free_images_refuse_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        make_object_free_image(**{"index": 0, **kwargs})

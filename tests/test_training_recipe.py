@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from pytest_vitattn import zoo
@@ -46,6 +48,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-steps=10",
         "--faithful-drop-path-rate=0.2",
         "--faithful-last-block-reads",
+        "--faithful-object-free-images=8",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -80,3 +83,46 @@ def test_last_block_reads_cuts_the_cls_tokens_path_and_nothing_else():
     assert plain[:, 0].abs().sum() > 0
     assert torch.count_nonzero(detached[:, 0]) == 0  # what the CLS token carried is not trained
     assert torch.count_nonzero(detached[:, 1:]) == detached[:, 1:].numel()  # the patches are
+
+
+def _small_run(**changes) -> train_embedded.TrainConfig:
+    return train_embedded.TrainConfig(
+        zoo.FAITHFUL_MODEL, steps=10, shortcut=False, batch_size=4, augment=True, **changes
+    )
+
+
+def test_object_free_images_follow_the_unchanged_objects():
+    plain = train_embedded.training_batch(3, _small_run())
+    batch = train_embedded.training_batch(3, _small_run(object_free_images=2))
+    assert batch.images.shape == (6, 64, 64, 3) and batch.masks.shape == (6, 64, 64)
+    # The object rows are the plain batch's, augmentations included.
+    assert np.array_equal(batch.images[:4], plain.images)
+    assert np.array_equal(batch.masks[:4], plain.masks)
+    assert torch.equal(batch.labels[:4], plain.labels)
+    assert batch.labels[4:].tolist() == [train_embedded.NO_OBJECT] * 2
+    assert not batch.masks[4:].any()
+    # Each step draws its own object-free images.
+    later = train_embedded.training_batch(4, _small_run(object_free_images=2))
+    assert not np.array_equal(later.images[4:], batch.images[4:])
+
+
+def test_object_free_images_are_trained_towards_the_uniform_prediction():
+    run = _small_run(object_free_images=2, object_free_weight=0.7, token_label_weight=0.0)
+    batch = train_embedded.training_batch(0, run)
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
+    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    loss = train_embedded.training_loss(model, token_head, batch, run)
+
+    logits = model(train_embedded.to_model_input(batch.images, model))
+    uniform = torch.full((2, model.num_classes), 1.0 / model.num_classes)
+    expected = F.cross_entropy(
+        logits[:4], batch.labels[:4], label_smoothing=run.label_smoothing
+    ) + 0.7 * F.cross_entropy(logits[4:], uniform)
+    torch.testing.assert_close(loss, expected)
+    # Without object-free rows the loss is the class loss alone.
+    plain = train_embedded.training_batch(0, _small_run(token_label_weight=0.0))
+    torch.testing.assert_close(
+        train_embedded.training_loss(model, token_head, plain, run),
+        F.cross_entropy(logits[:4], plain.labels, label_smoothing=run.label_smoothing),
+    )
