@@ -412,6 +412,89 @@ def make_object_free_image(
     return Image.fromarray(_with_sensor_noise(pixels, grayscale, rng))
 
 
+# Shapes of no class, for training a model that no class is "anything else": each near one
+# class (an open ring, a crescent) or none. Area coefficients as in _AREA_COEFFICIENTS, for
+# the half-extent R (approximate: these images have no mask to score).
+OTHER_SHAPES: dict[str, float] = {
+    "open ring": math.pi * (1.0 - _RING_INNER**2) * 0.75,
+    "crescent": 1.4,
+    "pentagon": 2.5 * math.sin(math.radians(72.0)),
+    "star": 5.0 * 0.45 * math.sin(math.radians(36.0)),
+    "half disc": math.pi / 2.0,
+    "bar": 1.2,
+}
+
+
+def make_other_shape_image(
+    index: int, *, split: str = "train", size: int = DEFAULT_SIZE
+) -> tuple[Image.Image, str]:
+    """A "varied" image whose one object is a shape of no class (``OTHER_SHAPES``), drawn
+    like a sample's object (area, angle, contrast modes, noise) from a seed stream of its
+    own.
+
+    Returns:
+        The (size, size) RGB image and the name of the shape drawn.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
+    if index < 0:
+        raise ValueError(f"index {index} is negative")
+    rng = np.random.default_rng([SPLITS[split], index, 4])
+    shape = str(rng.choice(list(OTHER_SHAPES)))
+    pixels, grayscale, _ = _varied_canvas(rng, size)
+    low, high = VARIED_AREA_SHARES
+    area_share = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    radius = math.sqrt(area_share * size * size / OTHER_SHAPES[shape])
+    cx, cy = rng.uniform(radius + 1.0, size - radius - 1.0, size=2)
+    mask_image = Image.new("1", (size, size), 0)
+    _draw_other_shape(
+        ImageDraw.Draw(mask_image), shape, float(cx), float(cy), radius, rng.uniform(0, 360)
+    )
+    mask = np.asarray(mask_image, dtype=bool)
+    background_colour = pixels[_surround(mask)].mean(axis=0)
+    mode = str(rng.choice(list(CONTRAST_MODES), p=list(CONTRAST_MODES.values())))
+    pixels[mask] = _contrasting_colour(background_colour, mode, grayscale, rng)
+    return Image.fromarray(_with_sensor_noise(pixels, grayscale, rng)), shape
+
+
+def _draw_other_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, angle: float
+) -> None:
+    """Draws one of ``OTHER_SHAPES`` of half-extent ``radius`` at (cx, cy), turned by
+    ``angle`` degrees."""
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+
+    def turned(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
+
+    def disc(x: float, y: float, r: float, fill: int) -> None:
+        (px, py) = turned([(x, y)])[0]
+        draw.ellipse([px - r, py - r, px + r, py + r], fill=fill)
+
+    box = [cx - radius, cy - radius, cx + radius, cy + radius]
+    if shape == "open ring":  # a ring with a quarter cut out
+        disc(0.0, 0.0, radius, 1)
+        disc(0.0, 0.0, radius * _RING_INNER, 0)
+        draw.pieslice(box, angle - 45.0, angle + 45.0, fill=0)
+    elif shape == "crescent":
+        disc(0.0, 0.0, radius, 1)
+        disc(0.45 * radius, 0.0, 0.8 * radius, 0)
+    elif shape in ("pentagon", "star"):
+        points = []
+        for k in range(10 if shape == "star" else 5):
+            r = radius if shape == "pentagon" or k % 2 == 0 else 0.45 * radius
+            a = 2.0 * math.pi * k / (10 if shape == "star" else 5) - math.pi / 2.0
+            points.append((r * math.cos(a), r * math.sin(a)))
+        draw.polygon(turned(points), fill=1)
+    elif shape == "half disc":
+        draw.pieslice(box, angle, angle + 180.0, fill=1)
+    elif shape == "bar":
+        w = 0.3 * radius
+        draw.polygon(turned([(-w, -radius), (w, -radius), (w, radius), (-w, radius)]), fill=1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
 def _varied_canvas(rng: np.random.Generator, size: int) -> tuple[np.ndarray, bool, float | None]:
     """Everything of a "varied" image but the object and the noise.
 

@@ -33,7 +33,10 @@ validation accuracy; the stem reached 0.75 in 800 steps. The shortcut model stay
 own seed stream, ``make_object_free_image``), trained towards the uniform prediction with
 weight ``--faithful-object-free-weight`` (Outlier Exposure, Hendrycks et al. 2019). Without
 them a model may learn one class as "none of the other four" and need no evidence for it
-(``object_free_predictions.py`` measures that).
+(``object_free_predictions.py`` measures that). ``--faithful-other-shape-images N`` adds N
+images of a shape of no class (``synthetic.OTHER_SHAPES``: an open ring, a crescent, a
+pentagon, ...), trained the same way, so that "some object, but none of the other four" is
+not a class either.
 
 ``--faithful-last-block-reads`` and ``--faithful-drop-path-rate`` are experiments meant to make
 the faithful model's last layer read the object (its class is decided before the last block:
@@ -78,6 +81,7 @@ from pytest_vitattn.synthetic import (  # noqa: E402
     LUMA,
     STYLES,
     make_object_free_image,
+    make_other_shape_image,
     make_sample,
 )
 
@@ -102,6 +106,7 @@ class TrainConfig:
     drop_path_rate: float = 0.0
     object_free_images: int = 0
     object_free_weight: float = 0.5
+    other_shape_images: int = 0
     style: str = DEFAULT_STYLE
     augment: bool = False
     seed: int = 0
@@ -127,8 +132,9 @@ def lr_at(step: int, config: TrainConfig) -> float:
 class Batch:
     """A training batch: images (B, H, W, 3) uint8, labels (B,), shapes (B,), masks (B, H, W).
 
-    The last ``TrainConfig.object_free_images`` rows hold no object: their label is
-    ``NO_OBJECT`` (ignored by the class loss), their shape 0 and their mask empty.
+    The last ``object_free_images + other_shape_images`` rows (``TrainConfig``) hold no
+    object of a class (nothing, or a shape of no class): their label is ``NO_OBJECT``
+    (ignored by the class loss), their shape 0 and their mask empty.
     """
 
     images: np.ndarray
@@ -144,7 +150,8 @@ NO_OBJECT = -100
 def training_batch(step: int, config: TrainConfig) -> Batch:
     """Batch ``step`` of the train stream (consecutive sample indices from
     ``config.first_sample``, never repeated within a run), then ``object_free_images``
-    object-free images from their own stream."""
+    object-free images and ``other_shape_images`` images of a shape of no class, each from
+    its own stream."""
     start = config.first_sample + step * config.batch_size
     samples = [
         make_sample(
@@ -163,6 +170,12 @@ def training_batch(step: int, config: TrainConfig) -> Batch:
     for i in range(first_free, first_free + free):
         images.append(np.asarray(make_object_free_image(i, split="train")))
         masks.append(np.zeros_like(masks[0]))
+    other = config.other_shape_images
+    first_other = (config.first_sample // config.batch_size + step) * other
+    for i in range(first_other, first_other + other):
+        images.append(np.asarray(make_other_shape_image(i, split="train")[0]))
+        masks.append(np.zeros_like(masks[0]))
+    free += other
     images, masks = np.stack(images), np.stack(masks)
     if config.augment:
         images, masks = augment(images, masks, np.random.default_rng([config.seed, step, 7]))
@@ -363,6 +376,7 @@ _RECORDED_WHEN_SET = (
     "drop_path_rate",
     "object_free_images",
     "object_free_weight",
+    "other_shape_images",
 )
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
@@ -433,6 +447,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="weight of the object-free images' loss (cross-entropy to uniform)",
     )
+    parser.add_argument(
+        "--faithful-other-shape-images",
+        type=int,
+        default=0,
+        help="images of a shape of no class added to every batch, trained like object-free ones",
+    )
+    parser.add_argument(
+        "--faithful-label-smoothing",
+        type=float,
+        default=0.1,
+        help="label smoothing of the faithful model's class loss",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--faithful-lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--shortcut-lr", type=float, default=1e-3, help="peak learning rate")
@@ -500,10 +526,12 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 shortcut=False,
                 lr=args.faithful_lr,
                 token_label_weight=args.faithful_token_label_weight,
+                label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,
                 object_free_images=args.faithful_object_free_images,
                 object_free_weight=args.faithful_object_free_weight,
+                other_shape_images=args.faithful_other_shape_images,
                 style=args.faithful_style,
                 augment=not args.no_augment,
                 init_from=None if args.faithful_init_from == "random" else args.faithful_init_from,

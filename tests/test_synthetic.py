@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from pytest_vitattn.synthetic import (
     GRAYSCALE_SHARE,
+    OTHER_SHAPES,
     MARKER_COLOURS,
     MAX_AREA_SHARE,
     MIN_AREA_SHARE,
@@ -22,6 +24,7 @@ from pytest_vitattn.synthetic import (
     luminance,
     make_batch,
     make_object_free_image,
+    make_other_shape_image,
     make_sample,
     marker_mask,
 )
@@ -261,3 +264,33 @@ def test_object_free_images_share_the_varied_styles_gray_share():
 def test_object_free_images_refuse_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         make_object_free_image(**{"index": 0, **kwargs})
+
+
+def test_other_shape_images_draw_every_other_shape_and_repeat_nothing():
+    drawn = [make_other_shape_image(i) for i in range(120)]
+    assert {shape for _, shape in drawn} == set(OTHER_SHAPES)
+    assert not set(OTHER_SHAPES) & set(SHAPE_CLASSES)
+    first, again = make_other_shape_image(3), make_other_shape_image(3)
+    assert np.array_equal(np.asarray(first[0]), np.asarray(again[0])) and first[1] == again[1]
+    pixels = {np.asarray(image).tobytes() for image, _ in drawn}
+    free = {np.asarray(make_object_free_image(i)).tobytes() for i in range(120)}
+    assert len(pixels) == 120 and not pixels & free
+
+
+def test_other_shapes_cover_about_their_area_coefficient():
+    """Each shape's drawn area is its coefficient x R**2 (within 25%), so the areas drawn
+    follow the samples' log-uniform range."""
+    from pytest_vitattn.synthetic import _draw_other_shape
+
+    radius = 20.0
+    for shape, coefficient in OTHER_SHAPES.items():
+        image = Image.new("1", (64, 64), 0)
+        _draw_other_shape(ImageDraw.Draw(image), shape, 32.0, 32.0, radius, 30.0)
+        area = np.asarray(image, dtype=bool).sum()
+        assert area == pytest.approx(coefficient * radius**2, rel=0.25), shape
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "validation"}, {"index": -1}])
+def test_other_shape_images_refuse_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        make_other_shape_image(**{"index": 0, **kwargs})

@@ -49,6 +49,8 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-drop-path-rate=0.2",
         "--faithful-last-block-reads",
         "--faithful-object-free-images=8",
+        "--faithful-other-shape-images=8",
+        "--faithful-label-smoothing=0",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -101,6 +103,12 @@ def test_object_free_images_follow_the_unchanged_objects():
     assert torch.equal(batch.labels[:4], plain.labels)
     assert batch.labels[4:].tolist() == [train_embedded.NO_OBJECT] * 2
     assert not batch.masks[4:].any()
+    with_shapes = train_embedded.training_batch(
+        3, _small_run(object_free_images=2, other_shape_images=3)
+    )
+    assert np.array_equal(with_shapes.images[:6], batch.images)
+    assert with_shapes.labels[4:].tolist() == [train_embedded.NO_OBJECT] * 5
+    assert not with_shapes.masks[4:].any()
     # Each step draws its own object-free images.
     later = train_embedded.training_batch(4, _small_run(object_free_images=2))
     assert not np.array_equal(later.images[4:], batch.images[4:])
