@@ -107,6 +107,7 @@ class TrainConfig:
     object_free_images: int = 0
     object_free_weight: float = 0.5
     other_shape_images: int = 0
+    fresh_cls_share: float = 0.0
     style: str = DEFAULT_STYLE
     augment: bool = False
     seed: int = 0
@@ -299,6 +300,10 @@ def train(config: TrainConfig) -> Path:
     model.train()
     if config.last_block_reads:
         model.blocks[-1].register_forward_pre_hook(detach_cls_before)
+    if config.fresh_cls_share > 0:
+        model.blocks[-1].register_forward_pre_hook(
+            lambda block, inputs: fresh_cls_before(model, config.fresh_cls_share, inputs)
+        )
     # Token labelling head, used in training only and not shipped: see the module docstring.
     token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
     trained = torch.nn.ModuleDict({"model": model, "token_head": token_head})
@@ -350,6 +355,22 @@ def detach_cls_before(_block: torch.nn.Module, inputs: tuple[torch.Tensor]) -> t
     return (torch.cat([tokens[:, :1].detach(), tokens[:, 1:]], dim=1),)
 
 
+def fresh_cls_before(
+    model: torch.nn.Module, share: float, inputs: tuple[torch.Tensor]
+) -> tuple[torch.Tensor]:
+    """Forward pre-hook of the last block, in training only: in a random ``share`` of the
+    images the CLS token enters the last block as it entered the first (``cls_token`` plus
+    its position embedding), knowing nothing of the image, so that for those images the
+    class can come only from what the last block's CLS attention reads (an experiment)."""
+    (tokens,) = inputs  # (B, N, D)
+    if not model.training:
+        return inputs
+    fresh = (model.cls_token + model.pos_embed[:, :1]).expand(tokens.shape[0], 1, -1)
+    chosen = (torch.rand(tokens.shape[0], 1, 1) < share).to(tokens.dtype)
+    cls = chosen * fresh + (1.0 - chosen) * tokens[:, :1]
+    return (torch.cat([cls, tokens[:, 1:]], dim=1),)
+
+
 def batches(config: TrainConfig) -> Iterator[Batch]:
     """The run's batches in step order; with ``data_workers`` they are generated ahead in
     worker processes (the same batches: each depends only on its step), so that drawing
@@ -377,6 +398,7 @@ _RECORDED_WHEN_SET = (
     "object_free_images",
     "object_free_weight",
     "other_shape_images",
+    "fresh_cls_share",
 )
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
@@ -452,6 +474,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="images of a shape of no class added to every batch, trained like object-free ones",
+    )
+    parser.add_argument(
+        "--faithful-fresh-cls-share",
+        type=float,
+        default=0.0,
+        help="share of training images whose CLS token enters the last block fresh",
     )
     parser.add_argument(
         "--faithful-label-smoothing",
@@ -532,6 +560,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 object_free_images=args.faithful_object_free_images,
                 object_free_weight=args.faithful_object_free_weight,
                 other_shape_images=args.faithful_other_shape_images,
+                fresh_cls_share=args.faithful_fresh_cls_share,
                 style=args.faithful_style,
                 augment=not args.no_augment,
                 init_from=None if args.faithful_init_from == "random" else args.faithful_init_from,

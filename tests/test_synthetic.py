@@ -13,11 +13,11 @@ from PIL import Image, ImageDraw
 
 from pytest_vitattn.synthetic import (
     GRAYSCALE_SHARE,
-    OTHER_SHAPES,
     MARKER_COLOURS,
     MAX_AREA_SHARE,
     MIN_AREA_SHARE,
     MIN_CONTRAST,
+    OTHER_SHAPES,
     SHAPE_CLASSES,
     SPLITS,
     VARIED_AREA_SHARES,

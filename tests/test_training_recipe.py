@@ -51,6 +51,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-object-free-images=8",
         "--faithful-other-shape-images=8",
         "--faithful-label-smoothing=0",
+        "--faithful-fresh-cls-share=0.5",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -134,3 +135,17 @@ def test_object_free_images_are_trained_towards_the_uniform_prediction():
         train_embedded.training_loss(model, token_head, plain, run),
         F.cross_entropy(logits[:4], plain.labels, label_smoothing=run.label_smoothing),
     )
+
+
+def test_a_fresh_cls_token_enters_the_last_block_in_training_only():
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
+    tokens = torch.randn(3, 65, model.embed_dim)
+    initial = model.cls_token + model.pos_embed[:, :1]  # the CLS state before block 0
+    (every,) = train_embedded.fresh_cls_before(model.train(), 1.0, (tokens,))
+    torch.testing.assert_close(every[:, :1], initial.expand(3, 1, -1))
+    torch.testing.assert_close(every[:, 1:], tokens[:, 1:])  # patches untouched
+    (none,) = train_embedded.fresh_cls_before(model.train(), 0.0, (tokens,))
+    torch.testing.assert_close(none, tokens)
+    (evaluated,) = train_embedded.fresh_cls_before(model.eval(), 1.0, (tokens,))
+    assert evaluated is tokens
