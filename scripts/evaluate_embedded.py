@@ -74,6 +74,22 @@ MIN_WORST_TO_BEST = 0.8  # worst split's mass / best split's mass, ordinary size
 MIN_SMALL_MASS_RATIO = 10.0  # mass / chance on small objects
 
 
+# Weights files that replace a shipped model's packaged ones (``--faithful-weights``), so that
+# a training run's output is scored by the same code before it is shipped.
+WEIGHTS_OVERRIDES: dict[str, Path] = {}
+
+
+def load_model(model_name: str) -> torch.nn.Module:
+    """A shipped model through timm by name, with its packaged weights or, where
+    ``WEIGHTS_OVERRIDES`` names a file for it, with that file's."""
+    override = WEIGHTS_OVERRIDES.get(model_name)
+    if override is None:
+        return timm.create_model(model_name, pretrained=True)
+    return timm.create_model(
+        model_name, pretrained=True, pretrained_cfg_overlay={"file": str(override)}
+    )
+
+
 @contextmanager
 def recorded_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Records every block's attention softmax during forwards inside the context.
@@ -283,7 +299,7 @@ def evaluate(num_images: int = NUM_TEST_IMAGES) -> list[Row]:
     with the marker, in the "bright" style the shortcut model was trained on (0.1)."""
     rows = []
     for model_name in (zoo.FAITHFUL_MODEL, zoo.SHORTCUT_MODEL):
-        model = timm.create_model(model_name, pretrained=True)
+        model = load_model(model_name)
         for marked in (False, True):
             scores = score(
                 model, range(num_images), split="test", shortcut=marked, style=MARKER_STYLE
@@ -373,7 +389,7 @@ def evaluate_stress(
     built = build_splits(num_images)
     rows = []
     for model_name in model_names:
-        model = timm.create_model(model_name, pretrained=True)
+        model = load_model(model_name)
         for split in built:
             scores = score_arrays(model, split.images, split.labels, split.masks)
             rows.append(StressRow(model_name, split.split, scores))
@@ -480,7 +496,7 @@ def evaluate_cascade(
     masks = split.masks[:num_images]
     rows = []
     for model_name in model_names:
-        model = timm.create_model(model_name, pretrained=True).eval()
+        model = load_model(model_name).eval()
         num_blocks = len(model.blocks)
         fractions = mask_fractions(masks, tuple(model.patch_embed.grid_size))
         trained_maps, _ = layer_maps(model, images)
@@ -534,7 +550,7 @@ def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
     ]
     grid = None
     for model_name in model_names:
-        model = timm.create_model(model_name, pretrained=True)
+        model = load_model(model_name)
         grid = tuple(model.patch_embed.grid_size)
         for label, shape in enumerate(SHAPE_CLASSES):
             keep = split.labels == label
@@ -557,12 +573,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="print the tables, exit 0")
     parser.add_argument("--num-images", type=int, default=NUM_TEST_IMAGES)
     parser.add_argument(
+        "--faithful-weights",
+        type=Path,
+        default=None,
+        help=f"score this safetensors file as {zoo.FAITHFUL_MODEL} instead of the packaged one",
+    )
+    parser.add_argument(
         "--cascade-images",
         type=int,
         default=NUM_CASCADE_IMAGES,
         help="in-distribution images for the cascading randomisation table",
     )
     args = parser.parse_args(argv)
+    if args.faithful_weights is not None:
+        if not args.faithful_weights.is_file():
+            parser.error(f"--faithful-weights: no file at {args.faithful_weights}")
+        WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = args.faithful_weights
+        print(
+            f"{zoo.FAITHFUL_MODEL}: weights from {args.faithful_weights}, not the packaged ones\n"
+        )
     torch.manual_seed(0)
     stress_models = (zoo.FAITHFUL_MODEL, zoo.BRIGHTNESS_MODEL)
     stress_rows, built = evaluate_stress(stress_models, args.num_images)

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
-from evaluate_embedded import mask_fractions, to_model_input
+from evaluate_embedded import load_model, mask_fractions, to_model_input
 from stress_splits import SplitImages
 
 # What the last layer's CLS token may read, besides the prefix tokens (itself, registers):
@@ -91,7 +90,7 @@ def reading_table(model_names: tuple[str, ...], split: SplitImages) -> str:
         "|---|" + "---|" * len(READINGS),
     ]
     for model_name in model_names:
-        model = timm.create_model(model_name, pretrained=True).eval()
+        model = load_model(model_name).eval()
         accuracies = reading_accuracies(model, split.images, split.labels, split.masks)
         lines.append(
             f"| `{model_name}` | " + " | ".join(f"{a:.3f}" for a in accuracies.values()) + " |"

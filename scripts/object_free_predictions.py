@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import timm
 import torch
-from evaluate_embedded import to_model_input
+from evaluate_embedded import load_model, to_model_input
 
 from pytest_vitattn.synthetic import SHAPE_CLASSES, make_object_free_image
 
@@ -62,7 +61,7 @@ def object_free_table(model_names: tuple[str, ...], num_images: int) -> str:
     ]
     images = object_free_images(num_images)
     for model_name in model_names:
-        result = answers(timm.create_model(model_name, pretrained=True), images)
+        result = answers(load_model(model_name), images)
         shares = " | ".join(f"{share:.2f}" for share in result.shares)
         lines.append(f"| `{model_name}` | {shares} | {result.top_probability:.2f} |")
     return "\n".join(lines)
