@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from last_layer_reading import reading_table  # it imports this module's helpers
 
-    print(reading_table(stress_models, built[0]))
+    print(reading_table(stress_models, built[0], load_model))
     from object_free_predictions import object_free_table  # it imports this module too
 
     print(
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "and the mean top probability. A class named for most of them is the model's "
         '"none of the others", recognised without evidence of its own.\n'
     )
-    print(object_free_table(stress_models, cascade_images))
+    print(object_free_table(stress_models, cascade_images, load_model))
 
     rows = evaluate(args.num_images)
     print(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from evaluate_embedded import load_model, mask_fractions, to_model_input
+from evaluate_embedded import mask_fractions, to_model_input
 from stress_splits import SplitImages
 
 # What the last layer's CLS token may read, besides the prefix tokens (itself, registers):
@@ -83,8 +83,16 @@ def reading_accuracies(
     }
 
 
-def reading_table(model_names: tuple[str, ...], split: SplitImages) -> str:
-    """Markdown table: accuracy on ``split`` per model and per reading of the last layer."""
+def reading_table(
+    model_names: tuple[str, ...],
+    split: SplitImages,
+    load_model: Callable[[str], torch.nn.Module],
+) -> str:
+    """Markdown table: accuracy on ``split`` per model and per reading of the last layer.
+
+    ``load_model`` is the caller's (``evaluate_embedded.load_model``), so that weights it was
+    told to score (``--faithful-weights``) are the ones read here too.
+    """
     lines = [
         "| model | " + " | ".join(f"reads {reading}" for reading in READINGS) + " |",
         "|---|" + "---|" * len(READINGS),

@@ -12,11 +12,12 @@ near 1/5, and a top probability near the uniform 0.2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from evaluate_embedded import load_model, to_model_input
+from evaluate_embedded import to_model_input
 
 from pytest_vitattn.synthetic import SHAPE_CLASSES, make_object_free_image
 
@@ -51,9 +52,14 @@ def answers(model: torch.nn.Module, images: np.ndarray) -> ObjectFreeAnswers:
     return ObjectFreeAnswers(shares, float(probabilities.max(dim=1).values.mean()))
 
 
-def object_free_table(model_names: tuple[str, ...], num_images: int) -> str:
+def object_free_table(
+    model_names: tuple[str, ...],
+    num_images: int,
+    load_model: Callable[[str], torch.nn.Module],
+) -> str:
     """Markdown table: per model, the share of object-free images named each class and the
-    mean top probability (uniform: 1 / classes)."""
+    mean top probability (uniform: 1 / classes). ``load_model`` is the caller's
+    (``evaluate_embedded.load_model``), so that the weights it scores are the ones used."""
     header = " | ".join(SHAPE_CLASSES)
     lines = [
         f"| model | {header} | mean top probability (uniform {1 / len(SHAPE_CLASSES):.2f}) |",

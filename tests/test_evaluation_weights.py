@@ -45,3 +45,25 @@ def test_a_missing_file_is_refused_by_name(tmp_path, capsys, other_weights):
         evaluation.main(["--faithful-weights", str(tmp_path / "nowhere.safetensors")])
     assert raised.value.code == 2
     assert "no file at" in capsys.readouterr().err
+
+
+def test_the_tables_of_the_helper_modules_load_through_the_callers_loader():
+    """evaluate_embedded runs as __main__, so its helper modules import a second copy of it:
+    a loader they looked up themselves would not see ``--faithful-weights``."""
+    import last_layer_reading
+    import object_free_predictions
+    from stress_splits import build_splits
+
+    asked = []
+
+    def load(model_name):
+        asked.append(model_name)
+        torch.manual_seed(0)
+        return timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
+
+    names = (zoo.FAITHFUL_MODEL, zoo.BRIGHTNESS_MODEL)
+    split = build_splits(4)[0]
+    reading = last_layer_reading.reading_table(names, split, load)
+    free = object_free_predictions.object_free_table(names, 4, load)
+    assert asked == [*names, *names]
+    assert all(f"`{name}`" in reading and f"`{name}`" in free for name in names)
