@@ -38,9 +38,10 @@ images of a shape of no class (``synthetic.OTHER_SHAPES``: an open ring, a cresc
 pentagon, ...), trained the same way, so that "some object, but none of the other four" is
 not a class either.
 
-``--faithful-last-block-reads`` and ``--faithful-drop-path-rate`` are experiments meant to make
-the faithful model's last layer read the object (its class is decided before the last block:
-``last_layer_reading.py``); neither is in the shipped recipe (README: what they gave).
+``--faithful-last-block-reads``, ``--faithful-drop-path-rate`` and ``--faithful-fresh-cls-share``
+are experiments meant to make the faithful model's last layer read the object (its class is
+decided before the last block: ``last_layer_reading.py``). None of the options in this and
+the paragraph above is in the shipped recipe (README: what each gave).
 
 Every training image is generated fresh from the "train" seed stream (infinite data);
 progress is measured on the disjoint "val" stream, never on "test".
@@ -164,28 +165,32 @@ def training_batch(step: int, config: TrainConfig) -> Batch:
         )
         for i in range(start, start + config.batch_size)
     ]
-    images = [np.asarray(s.image) for s in samples]
-    masks = [s.mask for s in samples]
-    free = config.object_free_images
-    first_free = (config.first_sample // config.batch_size + step) * free
-    for i in range(first_free, first_free + free):
-        images.append(np.asarray(make_object_free_image(i, split="train")))
-        masks.append(np.zeros_like(masks[0]))
-    other = config.other_shape_images
-    first_other = (config.first_sample // config.batch_size + step) * other
-    for i in range(first_other, first_other + other):
-        images.append(np.asarray(make_other_shape_image(i, split="train")[0]))
-        masks.append(np.zeros_like(masks[0]))
-    free += other
-    images, masks = np.stack(images), np.stack(masks)
+    classless = classless_images(step, config)
+    images = np.stack([np.asarray(s.image) for s in samples] + classless)
+    masks = np.stack([s.mask for s in samples] + [np.zeros_like(samples[0].mask)] * len(classless))
     if config.augment:
         images, masks = augment(images, masks, np.random.default_rng([config.seed, step, 7]))
     return Batch(
         images=images,
-        labels=torch.tensor([s.label for s in samples] + [NO_OBJECT] * free),
-        shapes=torch.tensor([s.shape for s in samples] + [0] * free),
+        labels=torch.tensor([s.label for s in samples] + [NO_OBJECT] * len(classless)),
+        shapes=torch.tensor([s.shape for s in samples] + [0] * len(classless)),
         masks=masks,
     )
+
+
+def classless_images(step: int, config: TrainConfig) -> list[np.ndarray]:
+    """Step ``step``'s images without an object of a class, each (H, W, 3) uint8:
+    ``object_free_images`` object-free ones, then ``other_shape_images`` of a shape of no
+    class, each kind from consecutive indices of its own "train" stream."""
+    batch_number = config.first_sample // config.batch_size + step
+    free, other = config.object_free_images, config.other_shape_images
+    return [
+        np.asarray(make_object_free_image(i, split="train"))
+        for i in range(batch_number * free, (batch_number + 1) * free)
+    ] + [
+        np.asarray(make_other_shape_image(i, split="train")[0])
+        for i in range(batch_number * other, (batch_number + 1) * other)
+    ]
 
 
 # Probabilities of the per-image augmentations; geometric ones move the mask along.
@@ -467,7 +472,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--faithful-object-free-weight",
         type=float,
         default=0.5,
-        help="weight of the object-free images' loss (cross-entropy to uniform)",
+        help="weight of the loss on images without a class (object-free and other-shape "
+        "ones): cross-entropy to the uniform prediction",
     )
     parser.add_argument(
         "--faithful-other-shape-images",
