@@ -403,11 +403,7 @@ def make_object_free_image(
     Returns:
         A (size, size) RGB image.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
-    if index < 0:
-        raise ValueError(f"index {index} is negative")
-    rng = np.random.default_rng([SPLITS[split], index, 3])
+    rng = _checked_stream(split, index, stream=3)
     pixels, grayscale, _ = _varied_canvas(rng, size)
     return Image.fromarray(_with_sensor_noise(pixels, grayscale, rng))
 
@@ -435,11 +431,7 @@ def make_other_shape_image(
     Returns:
         The (size, size) RGB image and the name of the shape drawn.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
-    if index < 0:
-        raise ValueError(f"index {index} is negative")
-    rng = np.random.default_rng([SPLITS[split], index, 4])
+    rng = _checked_stream(split, index, stream=4)
     shape = str(rng.choice(list(OTHER_SHAPES)))
     pixels, grayscale, _ = _varied_canvas(rng, size)
     low, high = VARIED_AREA_SHARES
@@ -493,6 +485,16 @@ def _draw_other_shape(
         draw.polygon(turned([(-w, -radius), (w, -radius), (w, radius), (-w, radius)]), fill=1)
     else:
         raise ValueError(f"unknown shape {shape!r}")
+
+
+def _checked_stream(split: str, index: int, stream: int) -> np.random.Generator:
+    """The generator of image ``index`` of ``split`` in seed stream ``stream`` (third seed
+    word: 2 "varied" samples, 3 object-free images, 4 other shapes), arguments checked."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
+    if index < 0:
+        raise ValueError(f"index {index} is negative")
+    return np.random.default_rng([SPLITS[split], index, stream])
 
 
 def _varied_canvas(rng: np.random.Generator, size: int) -> tuple[np.ndarray, bool, float | None]:

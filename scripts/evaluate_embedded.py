@@ -626,8 +626,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nObject-free images ({cascade_images}, split 'test'): the share named each class, "
-        "and the mean top probability. A class named for most of them is the model's "
-        '"none of the others", recognised without evidence of its own.\n'
+        "and the mean top probability. A class named for most of them, with confidence, is "
+        'the model\'s "none of the others", recognised without evidence of its own.\n'
     )
     print(object_free_table(stress_models, cascade_images, load_model))
 

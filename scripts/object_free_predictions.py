@@ -4,8 +4,9 @@ A classifier trained only on images that hold one of five shapes may learn one c
 "none of the other four": it then needs no evidence for that class, and its CLS attention has
 nothing to look for on such objects. Shown object-free images (``make_object_free_image``:
 the "varied" backgrounds and strokes, no object), such a model names that class for most of
-them. A model that needs evidence for every class spreads its answer instead: each class
-near 1/5, and a top probability near the uniform 0.2.
+them, and with confidence. A model that needs evidence for every class finds none here:
+its top probability is near the uniform 0.2 (its argmax may still lean to one class; the
+README shows both).
 
     python scripts/evaluate_embedded.py    # prints this table among the others
 """
