@@ -589,6 +589,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.faithful_weights.is_file():
             parser.error(f"--faithful-weights: no file at {args.faithful_weights}")
         WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = args.faithful_weights
+        try:  # refuse another architecture's file here, not deep inside timm mid-run
+            load_model(zoo.FAITHFUL_MODEL)
+        except (RuntimeError, AttributeError, KeyError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            parser.error(
+                f"--faithful-weights: {args.faithful_weights} does not load as "
+                f"{zoo.FAITHFUL_MODEL} ({type(error).__name__}: {reason})"
+            )
         print(
             f"{zoo.FAITHFUL_MODEL}: weights from {args.faithful_weights}, not the packaged ones\n"
         )

@@ -67,3 +67,12 @@ def test_the_tables_of_the_helper_modules_load_through_the_callers_loader():
     free = object_free_predictions.object_free_table(names, 4, load)
     assert asked == [*names, *names]
     assert all(f"`{name}`" in reading and f"`{name}`" in free for name in names)
+
+
+def test_another_architectures_file_is_refused_by_name(capsys, other_weights):
+    shortcut = zoo.weights_path(zoo.SHORTCUT_MODEL)  # timm's plain patch embedding, no stem
+    with pytest.raises(SystemExit) as raised:
+        evaluation.main(["--faithful-weights", str(shortcut)])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"does not load as {zoo.FAITHFUL_MODEL}" in err and str(shortcut) in err
