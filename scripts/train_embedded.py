@@ -38,10 +38,15 @@ images of a shape of no class (``synthetic.OTHER_SHAPES``: an open ring, a cresc
 pentagon, ...), trained the same way, so that "some object, but none of the other four" is
 not a class either.
 
+``--faithful-deep-token-label-blocks K`` labels the patch tokens of the K blocks before the
+last one as well (each block through its own training-only LayerNorm and linear head, the
+same targets, the weight shared out among them), so that the tokens the last block reads
+carry the class where the object is and "background" elsewhere, a hole included.
+
 ``--faithful-last-block-reads``, ``--faithful-drop-path-rate`` and ``--faithful-fresh-cls-share``
 are experiments meant to make the faithful model's last layer read the object (its class is
-decided before the last block: ``last_layer_reading.py``). None of the options in this and
-the paragraph above is in the shipped recipe (README: what each gave).
+decided before the last block: ``last_layer_reading.py``). None of the options in this
+paragraph and the two above is in the shipped recipe (README: what each gave).
 
 Every training image is generated fresh from the "train" seed stream (infinite data);
 progress is measured on the disjoint "val" stream, never on "test".
@@ -103,6 +108,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     label_smoothing: float = 0.1
     token_label_weight: float = 0.0
+    deep_token_label_blocks: int = 0
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
     object_free_images: int = 0
@@ -247,12 +253,29 @@ def token_targets(batch: Batch, grid: tuple[int, int], num_classes: int) -> torc
 
 
 def training_loss(
-    model: torch.nn.Module, token_head: torch.nn.Module, batch: Batch, config: TrainConfig
+    model: torch.nn.Module,
+    token_head: torch.nn.Module,
+    batch: Batch,
+    config: TrainConfig,
+    deep_token_heads: torch.nn.ModuleList | None = None,
 ) -> torch.Tensor:
     """Class cross-entropy on the CLS token plus the weighted token labelling loss, plus,
     on object-free images, the weighted cross-entropy to the uniform distribution (Outlier
-    Exposure, Hendrycks et al. 2019): no class may be the answer when no shape is there."""
-    tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
+    Exposure, Hendrycks et al. 2019): no class may be the answer when no shape is there.
+
+    ``deep_token_heads`` (one per block, ``deep_token_label_blocks`` of them) label the
+    patch tokens that the blocks before the last one put out, each with the same targets
+    and weight as the final tokens (averaged over those blocks)."""
+    deep_outputs: list[torch.Tensor] = []
+    hooks = [
+        block.register_forward_hook(lambda _block, _inputs, output: deep_outputs.append(output))
+        for block in _deep_labelled_blocks(model, config)
+    ]
+    try:
+        tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
+    finally:
+        for hook in hooks:
+            hook.remove()
     logits = model.forward_head(tokens)  # (B, classes)
     loss = F.cross_entropy(
         logits, batch.labels, ignore_index=NO_OBJECT, label_smoothing=config.label_smoothing
@@ -267,7 +290,40 @@ def training_loss(
         loss = loss + config.token_label_weight * F.cross_entropy(
             patch_logits.flatten(0, 1), targets.flatten(0, 1)
         )
+        if deep_outputs:
+            deep_loss = sum(
+                F.cross_entropy(
+                    head(output[:, model.num_prefix_tokens :]).flatten(0, 1),
+                    targets.flatten(0, 1),
+                )
+                for head, output in zip(deep_token_heads, deep_outputs, strict=True)
+            )
+            loss = loss + config.token_label_weight * deep_loss / len(deep_outputs)
     return loss
+
+
+def _deep_labelled_blocks(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Module]:
+    """The ``deep_token_label_blocks`` blocks just before the last one, first to last."""
+    count = config.deep_token_label_blocks
+    if count == 0:
+        return []
+    if not 0 < count < len(model.blocks):
+        raise ValueError(
+            f"deep_token_label_blocks must lie in 1..{len(model.blocks) - 1}, not {count}"
+        )
+    return list(model.blocks[-1 - count : -1])
+
+
+def deep_token_heads_for(model: torch.nn.Module, config: TrainConfig) -> torch.nn.ModuleList:
+    """Training-only heads (LayerNorm, then linear to classes + background) for the
+    patch tokens of the blocks ``_deep_labelled_blocks`` names, in the same order."""
+    return torch.nn.ModuleList(
+        torch.nn.Sequential(
+            torch.nn.LayerNorm(model.embed_dim),
+            torch.nn.Linear(model.embed_dim, model.num_classes + 1),
+        )
+        for _ in _deep_labelled_blocks(model, config)
+    )
 
 
 def report(model: torch.nn.Module, config: TrainConfig) -> str:
@@ -312,6 +368,10 @@ def train(config: TrainConfig) -> Path:
     # Token labelling head, used in training only and not shipped: see the module docstring.
     token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
     trained = torch.nn.ModuleDict({"model": model, "token_head": token_head})
+    deep_token_heads = deep_token_heads_for(model, config)
+    if len(deep_token_heads):
+        # Only when asked for: another module would reorder the default run's parameters.
+        trained["deep_token_heads"] = deep_token_heads
     optimizer = create_optimizer_v2(
         trained, "adamw", lr=config.lr, weight_decay=config.weight_decay
     )
@@ -322,7 +382,7 @@ def train(config: TrainConfig) -> Path:
     for step, batch in enumerate(batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = training_loss(model, token_head, batch, config)
+        loss = training_loss(model, token_head, batch, config, deep_token_heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping keeps the from-scratch ViT stable through the warm-up.
@@ -398,6 +458,7 @@ def batches(config: TrainConfig) -> Iterator[Batch]:
 # as before, so they are recorded only when set, and rerunning the shipped recipe still writes
 # a byte-identical file.
 _RECORDED_WHEN_SET = (
+    "deep_token_label_blocks",
     "last_block_reads",
     "drop_path_rate",
     "object_free_images",
@@ -449,6 +510,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--faithful-token-label-weight", type=float, default=2.0)
     parser.add_argument("--shortcut-token-label-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--faithful-deep-token-label-blocks",
+        type=int,
+        default=0,
+        help="also label the patch tokens put out by this many blocks before the last one "
+        "(each through its own training-only head)",
+    )
     parser.add_argument(
         "--faithful-drop-path-rate",
         type=float,
@@ -560,6 +628,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 shortcut=False,
                 lr=args.faithful_lr,
                 token_label_weight=args.faithful_token_label_weight,
+                deep_token_label_blocks=args.faithful_deep_token_label_blocks,
                 label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,

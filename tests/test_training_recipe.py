@@ -52,6 +52,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-other-shape-images=8",
         "--faithful-label-smoothing=0",
         "--faithful-fresh-cls-share=0.5",
+        "--faithful-deep-token-label-blocks=3",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -149,3 +150,46 @@ def test_a_fresh_cls_token_enters_the_last_block_in_training_only():
     torch.testing.assert_close(none, tokens)
     (evaluated,) = train_embedded.fresh_cls_before(model.eval(), 1.0, (tokens,))
     assert evaluated is tokens
+
+
+def test_deep_token_labels_add_each_earlier_blocks_patch_loss():
+    run = _small_run(token_label_weight=2.0, deep_token_label_blocks=2)
+    batch = train_embedded.training_batch(0, run)
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
+    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    deep_heads = train_embedded.deep_token_heads_for(model, run)
+    assert len(deep_heads) == 2
+    loss = train_embedded.training_loss(model, token_head, batch, run, deep_heads)
+
+    # Recomputed block by block, without hooks: blocks 3 and 4 of 6 are labelled.
+    x = model.norm_pre(
+        model._pos_embed(model.patch_embed(train_embedded.to_model_input(batch.images, model)))
+    )
+    outputs = []
+    for block in model.blocks:
+        x = block(x)
+        outputs.append(x)
+    tokens = model.norm(x)
+    targets = train_embedded.token_targets(
+        batch, tuple(model.patch_embed.grid_size), model.num_classes
+    ).flatten(0, 1)
+
+    def patch_loss(head, states):
+        return F.cross_entropy(head(states[:, 1:]).flatten(0, 1), targets)
+
+    expected = (
+        F.cross_entropy(model.forward_head(tokens), batch.labels, label_smoothing=0.1)
+        + 2.0 * patch_loss(token_head, tokens)
+        + 2.0 * (patch_loss(deep_heads[0], outputs[3]) + patch_loss(deep_heads[1], outputs[4])) / 2
+    )
+    torch.testing.assert_close(loss, expected)
+    # The hooks are gone afterwards: a plain forward collects nothing.
+    assert all(not block._forward_hooks for block in model.blocks)
+
+
+@pytest.mark.parametrize("count", [6, -1])
+def test_deep_token_labels_need_a_block_before_the_last(count):
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
+    with pytest.raises(ValueError, match=rf"1\.\.5, not {count}"):
+        train_embedded.deep_token_heads_for(model, _small_run(deep_token_label_blocks=count))
