@@ -614,6 +614,16 @@ def main(argv: list[str] | None = None) -> int:
     print(stress_per_layer_table(stress_rows))
     print(f"\nBy shape, split {built[0].split.name!r}:\n")
     print(per_shape_table(stress_models, built[0]))
+    from heads_by_shape import heads_by_shape_table  # it imports this module's helpers
+
+    print(
+        f"\nBy head of the last layer and shape, split {built[0].split.name!r}: mass on the "
+        "object of each head's own map and, in brackets, the share of its CLS attention kept "
+        "on prefix tokens (the CLS token itself). A head with a high share and a low mass for "
+        "a shape is off duty for that class.\n"
+    )
+    first = built[0]
+    print(heads_by_shape_table(stress_models, first.images, first.labels, first.masks, load_model))
 
     cascade_images = min(args.cascade_images, args.num_images)
     cascade_rows = evaluate_cascade(stress_models, built[0], cascade_images)
