@@ -42,6 +42,9 @@ not a class either.
 last one as well (each block through its own training-only LayerNorm and linear head, the
 same targets, the weight shared out among them), so that the tokens the last block reads
 carry the class where the object is and "background" elsewhere, a hole included.
+``--faithful-must-read-weight W`` runs the last block a second time with its CLS row kept
+from every patch and trains those logits towards uniform (weight W): the class may not be
+known before the last layer has read.
 
 ``--faithful-last-block-reads``, ``--faithful-drop-path-rate`` and ``--faithful-fresh-cls-share``
 are experiments meant to make the faithful model's last layer read the object (its class is
@@ -80,6 +83,7 @@ from timm.optim import create_optimizer_v2
 # beside this script.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
+from last_layer_reading import cls_row_bias  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
 from pytest_vitattn.synthetic import (  # noqa: E402
@@ -109,6 +113,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     token_label_weight: float = 0.0
     deep_token_label_blocks: int = 0
+    must_read_weight: float = 0.0
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
     object_free_images: int = 0
@@ -265,12 +270,24 @@ def training_loss(
 
     ``deep_token_heads`` (one per block, ``deep_token_label_blocks`` of them) label the
     patch tokens that the blocks before the last one put out, each with the same targets
-    and weight as the final tokens (averaged over those blocks)."""
+    and weight as the final tokens (averaged over those blocks).
+
+    With ``must_read_weight``, the last block runs a second time on the same input with its
+    CLS row kept from every patch (``last_layer_reading.cls_row_bias``), and the logits it
+    then gives for the object images are trained towards uniform with that weight: the
+    class may not be known before the last layer has read the patches."""
     deep_outputs: list[torch.Tensor] = []
     hooks = [
         block.register_forward_hook(lambda _block, _inputs, output: deep_outputs.append(output))
         for block in _deep_labelled_blocks(model, config)
     ]
+    entering_last: list[torch.Tensor] = []
+    if config.must_read_weight > 0:
+        hooks.append(
+            model.blocks[-1].register_forward_pre_hook(
+                lambda _block, inputs: entering_last.append(inputs[0])
+            )
+        )
     try:
         tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
     finally:
@@ -284,6 +301,10 @@ def training_loss(
     if object_free.any():
         uniform_cross_entropy = -F.log_softmax(logits[object_free], dim=1).mean(dim=1)
         loss = loss + config.object_free_weight * uniform_cross_entropy.mean()
+    if entering_last:
+        loss = loss + config.must_read_weight * _unread_uniform_loss(
+            model, entering_last[0][~object_free]
+        )
     if config.token_label_weight > 0:
         patch_logits = token_head(tokens[:, model.num_prefix_tokens :])  # (B, patches, C + 1)
         targets = token_targets(batch, tuple(model.patch_embed.grid_size), model.num_classes)
@@ -300,6 +321,16 @@ def training_loss(
             )
             loss = loss + config.token_label_weight * deep_loss / len(deep_outputs)
     return loss
+
+
+def _unread_uniform_loss(model: torch.nn.Module, entering: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy to the uniform prediction of the logits the model gives when its
+    last block's CLS row reads no patch; ``entering`` (B, N, D) is that block's input."""
+    batch, tokens = entering.shape[:2]
+    no_patch = torch.zeros(batch, tokens - model.num_prefix_tokens, dtype=torch.bool)
+    bias = cls_row_bias(no_patch, model.num_prefix_tokens)
+    unread = model.forward_head(model.norm(model.blocks[-1](entering, attn_mask=bias)))
+    return -F.log_softmax(unread, dim=1).mean(dim=1).mean()
 
 
 def _deep_labelled_blocks(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Module]:
@@ -459,6 +490,7 @@ def batches(config: TrainConfig) -> Iterator[Batch]:
 # a byte-identical file.
 _RECORDED_WHEN_SET = (
     "deep_token_label_blocks",
+    "must_read_weight",
     "last_block_reads",
     "drop_path_rate",
     "object_free_images",
@@ -516,6 +548,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="also label the patch tokens put out by this many blocks before the last one "
         "(each through its own training-only head)",
+    )
+    parser.add_argument(
+        "--faithful-must-read-weight",
+        type=float,
+        default=0.0,
+        help="weight of the loss that trains the logits towards uniform when the last "
+        "block's CLS row reads no patch",
     )
     parser.add_argument(
         "--faithful-drop-path-rate",
@@ -629,6 +668,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 lr=args.faithful_lr,
                 token_label_weight=args.faithful_token_label_weight,
                 deep_token_label_blocks=args.faithful_deep_token_label_blocks,
+                must_read_weight=args.faithful_must_read_weight,
                 label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,

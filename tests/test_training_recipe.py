@@ -193,3 +193,27 @@ def test_deep_token_labels_need_a_block_before_the_last(count):
     model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False)
     with pytest.raises(ValueError, match=rf"1\.\.5, not {count}"):
         train_embedded.deep_token_heads_for(model, _small_run(deep_token_label_blocks=count))
+
+
+def test_must_read_trains_the_unread_logits_of_the_object_images_towards_uniform():
+    run = _small_run(object_free_images=2, token_label_weight=0.0)
+    batch = train_embedded.training_batch(0, run)
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
+    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    plain = train_embedded.training_loss(model, token_head, batch, run)
+    with_must_read = train_embedded.training_loss(
+        model,
+        token_head,
+        batch,
+        _small_run(object_free_images=2, token_label_weight=0.0, must_read_weight=0.8),
+    )
+    # Independently: the last block run on the CLS token alone is a CLS row that reads no
+    # patch (its attention has only itself to read).
+    entering = []
+    model.blocks[-1].register_forward_pre_hook(lambda _b, inputs: entering.append(inputs[0]))
+    model(train_embedded.to_model_input(batch.images, model))
+    cls_alone = model.blocks[-1](entering[0][:4, :1])
+    unread = model.forward_head(model.norm(cls_alone))  # (4 object images, classes)
+    uniform = torch.full_like(unread, 1.0 / model.num_classes)
+    torch.testing.assert_close(with_must_read - plain, 0.8 * F.cross_entropy(unread, uniform))
