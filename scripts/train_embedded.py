@@ -83,7 +83,6 @@ from timm.optim import create_optimizer_v2
 # beside this script.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
-from last_layer_reading import cls_row_bias  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
 from pytest_vitattn.synthetic import (  # noqa: E402
@@ -273,7 +272,7 @@ def training_loss(
     and weight as the final tokens (averaged over those blocks).
 
     With ``must_read_weight``, the last block runs a second time on the same input with its
-    CLS row kept from every patch (``last_layer_reading.cls_row_bias``), and the logits it
+    CLS row kept from every patch, and the logits it
     then gives for the object images are trained towards uniform with that weight: the
     class may not be known before the last layer has read the patches."""
     deep_outputs: list[torch.Tensor] = []
@@ -325,11 +324,12 @@ def training_loss(
 
 def _unread_uniform_loss(model: torch.nn.Module, entering: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy to the uniform prediction of the logits the model gives when its
-    last block's CLS row reads no patch; ``entering`` (B, N, D) is that block's input."""
-    batch, tokens = entering.shape[:2]
-    no_patch = torch.zeros(batch, tokens - model.num_prefix_tokens, dtype=torch.bool)
-    bias = cls_row_bias(no_patch, model.num_prefix_tokens)
-    unread = model.forward_head(model.norm(model.blocks[-1](entering, attn_mask=bias)))
+    last block's CLS row reads no patch; ``entering`` (B, N, D) is that block's input.
+
+    The block runs on the prefix tokens alone: the CLS row then has only them to read, as
+    with ``last_layer_reading``'s mask over all N tokens, at a fraction of the cost."""
+    prefix_only = model.blocks[-1](entering[:, : model.num_prefix_tokens])
+    unread = model.forward_head(model.norm(prefix_only))  # (B, classes)
     return -F.log_softmax(unread, dim=1).mean(dim=1).mean()
 
 

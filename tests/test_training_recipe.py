@@ -18,6 +18,7 @@ from pytest_vitattn import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import train_embedded
+from last_layer_reading import logits_with_last_layer_reading
 
 
 def shipped_recipe(model_name: str) -> dict:
@@ -208,12 +209,10 @@ def test_must_read_trains_the_unread_logits_of_the_object_images_towards_uniform
         batch,
         _small_run(object_free_images=2, token_label_weight=0.0, must_read_weight=0.8),
     )
-    # Independently: the last block run on the CLS token alone is a CLS row that reads no
-    # patch (its attention has only itself to read).
-    entering = []
-    model.blocks[-1].register_forward_pre_hook(lambda _b, inputs: entering.append(inputs[0]))
-    model(train_embedded.to_model_input(batch.images, model))
-    cls_alone = model.blocks[-1](entering[0][:4, :1])
-    unread = model.forward_head(model.norm(cls_alone))  # (4 object images, classes)
+    # Independently: the evaluation's own reading, an additive -inf on the last block's CLS
+    # row over every patch (the full sequence runs through the block).
+    inputs = train_embedded.to_model_input(batch.images[:4], model)
+    no_patch = torch.zeros(4, int(np.prod(model.patch_embed.grid_size)), dtype=torch.bool)
+    unread = logits_with_last_layer_reading(model, inputs, no_patch)  # (4 object images, C)
     uniform = torch.full_like(unread, 1.0 / model.num_classes)
     torch.testing.assert_close(with_must_read - plain, 0.8 * F.cross_entropy(unread, uniform))
