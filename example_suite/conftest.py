@@ -5,10 +5,12 @@ its exact object mask, plus "bright" images (0.1 style) for the shortcut and the
 model, with and without the corner marker and with the object recoloured dark.
 
 ``KNOWN_MISSES`` lists the checks the shipped faithful model fails on these images: both
-rings, where its last layer spreads attention over the ring and its hole (mass 0.31 and
-0.14 against 0.40; ``ring_2`` is a small object). They run as ``xfail(strict=True)``, so the
-report shows the failures and a better model that passes them is flagged to update this
-list.
+rings, where its last layer spreads attention over the ring and its hole (mass 0.24 and
+0.19 against 0.40; ``ring_2`` is a small object), and the depth check on ``cross_1`` and
+``ring_1``, whose first layer already looks at the object more than the last does (0.73
+against 0.61 on ``cross_1``). They run as
+``xfail(strict=True)``, so the report shows the failures and a better model that passes
+them is flagged to update this list.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ KNOWN_MISSES = {
     "test_focus.py::test_last_layer_attention_lies_on_the_object[ring_1]",
     "test_focus.py::test_last_layer_attention_lies_on_the_object[ring_2]",
     "test_focus.py::test_last_layer_attention_is_concentrated[ring_1]",
-    "test_focus.py::test_last_layer_attention_is_concentrated[ring_2]",
-    "test_focus.py::test_attention_moves_onto_the_object_with_depth[ring_2]",
+    "test_focus.py::test_attention_moves_onto_the_object_with_depth[cross_1]",
+    "test_focus.py::test_attention_moves_onto_the_object_with_depth[ring_1]",
     "test_focus.py::test_a_batch_of_images_is_one_forward_pass",
 }
 

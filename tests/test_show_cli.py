@@ -161,7 +161,10 @@ def test_show_reproduces_the_notebook_grid_for_the_shipped_model(tmp_path, photo
     maps = np.load(tmp_path / "maps.npy")
     assert maps.shape == notebook.shape == (6, 3, 8, 8)
     renormalised = notebook / notebook.sum(axis=(-2, -1), keepdims=True)
-    np.testing.assert_allclose(maps, renormalised, rtol=0, atol=1e-6)
+    # rtol as well: this model's maps reach 0.65 in a patch, where float32 kernels that sum
+    # in another order (fused attention against the notebook's explicit softmax) differ by
+    # about 1e-6 (2e-6 relative); a wrong map is off by orders of magnitude more.
+    np.testing.assert_allclose(maps, renormalised, rtol=1e-5, atol=1e-6)
     rendered = rendered_levels(tmp_path / "g.png", maps, rollout=True)
     expected = expected_levels(notebook)
     assert np.abs(rendered - expected).max() <= 1

@@ -49,11 +49,11 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-steps=10",
         "--faithful-drop-path-rate=0.2",
         "--faithful-last-block-reads",
-        "--faithful-object-free-images=8",
+        "--faithful-object-free-images=4",
         "--faithful-other-shape-images=8",
         "--faithful-label-smoothing=0",
         "--faithful-fresh-cls-share=0.5",
-        "--faithful-deep-token-label-blocks=3",
+        "--faithful-deep-token-label-blocks=2",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
