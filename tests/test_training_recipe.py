@@ -153,12 +153,17 @@ def test_a_fresh_cls_token_enters_the_last_block_in_training_only():
     assert evaluated is tokens
 
 
+def _random_model_and_token_head() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A seeded random faithful model in eval mode and a token-labelling head for it."""
+    torch.manual_seed(0)
+    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
+    return model, torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+
+
 def test_deep_token_labels_add_each_earlier_blocks_patch_loss():
     run = _small_run(token_label_weight=2.0, deep_token_label_blocks=2)
     batch = train_embedded.training_batch(0, run)
-    torch.manual_seed(0)
-    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
-    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    model, token_head = _random_model_and_token_head()
     deep_heads = train_embedded.deep_token_heads_for(model, run)
     assert len(deep_heads) == 2
     loss = train_embedded.training_loss(model, token_head, batch, run, deep_heads)
@@ -199,9 +204,7 @@ def test_deep_token_labels_need_a_block_before_the_last(count):
 def test_must_read_trains_the_unread_logits_of_the_object_images_towards_uniform():
     run = _small_run(object_free_images=2, token_label_weight=0.0)
     batch = train_embedded.training_batch(0, run)
-    torch.manual_seed(0)
-    model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
-    token_head = torch.nn.Linear(model.embed_dim, model.num_classes + 1)
+    model, token_head = _random_model_and_token_head()
     plain = train_embedded.training_loss(model, token_head, batch, run)
     with_must_read = train_embedded.training_loss(
         model,
