@@ -34,10 +34,10 @@ steps. The shortcut model stays on the 0.1 "bright" images and the 0.1 architect
 batch (their own seed stream, ``make_object_free_image``), trained towards the uniform
 prediction with weight ``--faithful-object-free-weight`` (Outlier Exposure, Hendrycks et al.
 2019). Without them a model may learn one class as "none of the other four" and need no
-evidence for it (``object_free_predictions.py`` measures that). ``--faithful-other-shape-images N`` adds N
-images of a shape of no class (``synthetic.OTHER_SHAPES``: an open ring, a crescent, a
-pentagon, ...), trained the same way, so that "some object, but none of the other four" is
-not a class either.
+evidence for it (``object_free_predictions.py`` measures that).
+``--faithful-other-shape-images N`` adds N images of a shape of no class
+(``synthetic.OTHER_SHAPES``: an open ring, a crescent, a pentagon, ...), trained the same
+way, so that "some object, but none of the other four" is not a class either.
 
 ``--faithful-deep-token-label-blocks K`` (default 3) labels the patch tokens of the K blocks
 before the last one as well (each block through its own training-only LayerNorm and linear
@@ -272,9 +272,11 @@ def training_loss(
     and weight as the final tokens (averaged over those blocks).
 
     With ``must_read_weight``, the last block runs a second time on the same input with its
-    CLS row kept from every patch, and the logits it
-    then gives for the object images are trained towards uniform with that weight: the
-    class may not be known before the last layer has read the patches."""
+    CLS row kept from every patch, and the logits it then gives for the object images are
+    trained towards uniform with that weight: the class may not be known before the last
+    layer has read the patches."""
+    if config.deep_token_label_blocks and deep_token_heads is None:
+        raise ValueError("deep_token_label_blocks needs the heads of deep_token_heads_for()")
     deep_outputs: list[torch.Tensor] = []
     hooks = [
         block.register_forward_hook(lambda _block, _inputs, output: deep_outputs.append(output))
@@ -401,7 +403,8 @@ def train(config: TrainConfig) -> Path:
     trained = torch.nn.ModuleDict({"model": model, "token_head": token_head})
     deep_token_heads = deep_token_heads_for(model, config)
     if len(deep_token_heads):
-        # Only when asked for: another module would reorder the default run's parameters.
+        # Only when asked for: with another module in it, a run without deep token labels
+        # would no longer train exactly as runs from before they existed.
         trained["deep_token_heads"] = deep_token_heads
     optimizer = create_optimizer_v2(
         trained, "adamw", lr=config.lr, weight_decay=config.weight_decay

@@ -219,3 +219,10 @@ def test_must_read_trains_the_unread_logits_of_the_object_images_towards_uniform
     unread = logits_with_last_layer_reading(model, inputs, no_patch)  # (4 object images, C)
     uniform = torch.full_like(unread, 1.0 / model.num_classes)
     torch.testing.assert_close(with_must_read - plain, 0.8 * F.cross_entropy(unread, uniform))
+
+
+def test_deep_token_labels_without_their_heads_are_refused():
+    run = _small_run(deep_token_label_blocks=2)
+    model, token_head = _random_model_and_token_head()
+    with pytest.raises(ValueError, match="deep_token_heads_for"):
+        train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
