@@ -44,6 +44,11 @@ before the last one as well (each block through its own training-only LayerNorm 
 head, the same targets, the weight shared out among them), so that the tokens the last
 block reads carry the class where the object is and "background" elsewhere, a hole included.
 
+``--faithful-head-read-weight W`` gives every head of the last block its own training-only
+classifier of what that head reads from the patches (its CLS row renormalised over the patch
+keys, the map the plugin scores) and adds their class losses with weight W: a head may not go
+off duty for one class (README: heads by shape). Where a head reads is still learnt, not set.
+
 ``--faithful-must-read-weight W`` (runs the last block a second time with its CLS row kept
 from every patch and trains those logits towards uniform: the class may not be known before
 the last layer has read), ``--faithful-last-block-reads``, ``--faithful-drop-path-rate``,
@@ -113,6 +118,7 @@ class TrainConfig:
     token_label_weight: float = 0.0
     deep_token_label_blocks: int = 0
     must_read_weight: float = 0.0
+    head_read_weight: float = 0.0
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
     object_free_images: int = 0
@@ -262,6 +268,7 @@ def training_loss(
     batch: Batch,
     config: TrainConfig,
     deep_token_heads: torch.nn.ModuleList | None = None,
+    head_read_heads: torch.nn.ModuleList | None = None,
 ) -> torch.Tensor:
     """Class cross-entropy on the CLS token plus the weighted token labelling loss, plus,
     on object-free images, the weighted cross-entropy to the uniform distribution (Outlier
@@ -274,9 +281,17 @@ def training_loss(
     With ``must_read_weight``, the last block runs a second time on the same input with its
     CLS row kept from every patch, and the logits it then gives for the object images are
     trained towards uniform with that weight: the class may not be known before the last
-    layer has read the patches."""
+    layer has read the patches.
+
+    With ``head_read_weight``, each last-layer head's read of the patches alone (its CLS
+    row renormalised over the patch keys, as ``mass_in_mask`` sees it) goes through its own
+    training-only classifier (``head_read_heads``), trained on the object images' classes
+    with that weight (averaged over heads): every head has to read class evidence from the
+    patches, for every class. Where it reads is still not supervised."""
     if config.deep_token_label_blocks and deep_token_heads is None:
         raise ValueError("deep_token_label_blocks needs the heads of deep_token_heads_for()")
+    if config.head_read_weight > 0 and head_read_heads is None:
+        raise ValueError("head_read_weight needs the heads of head_read_heads_for()")
     deep_outputs: list[torch.Tensor] = []
     hooks = [
         block.register_forward_hook(lambda _block, _inputs, output: deep_outputs.append(output))
@@ -287,6 +302,13 @@ def training_loss(
         hooks.append(
             model.blocks[-1].register_forward_pre_hook(
                 lambda _block, inputs: entering_last.append(inputs[0])
+            )
+        )
+    last_qkv: list[torch.Tensor] = []
+    if config.head_read_weight > 0:
+        hooks.append(
+            model.blocks[-1].attn.qkv.register_forward_hook(
+                lambda _layer, _inputs, output: last_qkv.append(output)
             )
         )
     try:
@@ -302,6 +324,17 @@ def training_loss(
     if object_free.any():
         uniform_cross_entropy = -F.log_softmax(logits[object_free], dim=1).mean(dim=1)
         loss = loss + config.object_free_weight * uniform_cross_entropy.mean()
+    if last_qkv:
+        reads = patch_reads_by_head(model, last_qkv[0][~object_free])  # (B', H, head_dim)
+        read_loss = sum(
+            F.cross_entropy(
+                head(reads[:, h]),
+                batch.labels[~object_free],
+                label_smoothing=config.label_smoothing,
+            )
+            for h, head in enumerate(head_read_heads)
+        )
+        loss = loss + config.head_read_weight * read_loss / len(head_read_heads)
     if entering_last:
         loss = loss + config.must_read_weight * _unread_uniform_loss(
             model, entering_last[0][~object_free]
@@ -333,6 +366,43 @@ def _unread_uniform_loss(model: torch.nn.Module, entering: torch.Tensor) -> torc
     prefix_only = model.blocks[-1](entering[:, : model.num_prefix_tokens])
     unread = model.forward_head(model.norm(prefix_only))  # (B, classes)
     return -F.log_softmax(unread, dim=1).mean(dim=1).mean()
+
+
+def patch_reads_by_head(model: torch.nn.Module, qkv: torch.Tensor) -> torch.Tensor:
+    """What each head of the last block reads from the patches alone.
+
+    Args:
+        qkv: (B, N, 3 * D), the output of the last block's ``attn.qkv`` layer.
+
+    Returns:
+        (B, H, head_dim): per head, the values of the patch tokens weighted by the CLS
+        query's softmax over the patch keys only (the CLS row without its prefix columns,
+        renormalised: the map that ``mass_in_mask`` scores).
+    """
+    attn, prefix = model.blocks[-1].attn, model.num_prefix_tokens
+    batch, tokens, _ = qkv.shape
+    q, k, v = (
+        qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
+        .permute(2, 0, 3, 1, 4)
+        .unbind(0)
+    )  # each (B, H, N, head_dim)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scores = (q[:, :, :1] * attn.scale) @ k[:, :, prefix:].transpose(-2, -1)  # (B, H, 1, P)
+    return (scores.softmax(dim=-1) @ v[:, :, prefix:]).squeeze(2)
+
+
+def head_read_heads_for(model: torch.nn.Module, config: TrainConfig) -> torch.nn.ModuleList:
+    """Training-only classifiers (LayerNorm, then linear to the classes), one per head of
+    the last block, for ``patch_reads_by_head``; none without ``head_read_weight``."""
+    if config.head_read_weight <= 0:
+        return torch.nn.ModuleList()
+    attn = model.blocks[-1].attn
+    return torch.nn.ModuleList(
+        torch.nn.Sequential(
+            torch.nn.LayerNorm(attn.head_dim), torch.nn.Linear(attn.head_dim, model.num_classes)
+        )
+        for _ in range(attn.num_heads)
+    )
 
 
 def _deep_labelled_blocks(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Module]:
@@ -406,6 +476,9 @@ def train(config: TrainConfig) -> Path:
         # Only when asked for: with another module in it, a run without deep token labels
         # would no longer train exactly as runs from before they existed.
         trained["deep_token_heads"] = deep_token_heads
+    head_read_heads = head_read_heads_for(model, config)
+    if len(head_read_heads):
+        trained["head_read_heads"] = head_read_heads
     optimizer = create_optimizer_v2(
         trained, "adamw", lr=config.lr, weight_decay=config.weight_decay
     )
@@ -416,7 +489,7 @@ def train(config: TrainConfig) -> Path:
     for step, batch in enumerate(batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = training_loss(model, token_head, batch, config, deep_token_heads)
+        loss = training_loss(model, token_head, batch, config, deep_token_heads, head_read_heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping keeps the from-scratch ViT stable through the warm-up.
@@ -494,6 +567,7 @@ def batches(config: TrainConfig) -> Iterator[Batch]:
 _RECORDED_WHEN_SET = (
     "deep_token_label_blocks",
     "must_read_weight",
+    "head_read_weight",
     "last_block_reads",
     "drop_path_rate",
     "object_free_images",
@@ -558,6 +632,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="weight of the loss that trains the logits towards uniform when the last "
         "block's CLS row reads no patch",
+    )
+    parser.add_argument(
+        "--faithful-head-read-weight",
+        type=float,
+        default=0.0,
+        help="weight of the loss that makes each last-layer head's read of the patches "
+        "classify the object (each head through its own training-only classifier)",
     )
     parser.add_argument(
         "--faithful-drop-path-rate",
@@ -672,6 +753,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 token_label_weight=args.faithful_token_label_weight,
                 deep_token_label_blocks=args.faithful_deep_token_label_blocks,
                 must_read_weight=args.faithful_must_read_weight,
+                head_read_weight=args.faithful_head_read_weight,
                 label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,

@@ -54,6 +54,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-label-smoothing=0",
         "--faithful-fresh-cls-share=0.5",
         "--faithful-deep-token-label-blocks=2",
+        "--faithful-head-read-weight=1",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -225,4 +226,67 @@ def test_deep_token_labels_without_their_heads_are_refused():
     run = _small_run(deep_token_label_blocks=2)
     model, token_head = _random_model_and_token_head()
     with pytest.raises(ValueError, match="deep_token_heads_for"):
+        train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
+
+
+def test_patch_reads_by_head_are_the_last_blocks_reads_with_the_cls_key_masked():
+    model, _ = _random_model_and_token_head()
+    model.eval()
+    images = train_embedded.to_model_input(
+        train_embedded.training_batch(0, _small_run()).images, model
+    )
+    captured = {}
+    attn = model.blocks[-1].attn
+    hooks = [
+        attn.qkv.register_forward_hook(lambda _m, _i, output: captured.setdefault("qkv", output)),
+        attn.proj.register_forward_pre_hook(
+            lambda _m, inputs: captured.setdefault("read", inputs[0])
+        ),
+    ]
+    entering = []
+    hooks.append(model.blocks[-1].register_forward_pre_hook(lambda _b, i: entering.append(i[0])))
+    with torch.no_grad():
+        model.forward_features(images)
+        captured.clear()
+        # Independently: timm's own attention, with an additive -inf on the prefix keys.
+        tokens = entering[0]
+        bias = torch.zeros(tokens.shape[1], tokens.shape[1])
+        bias[:, : model.num_prefix_tokens] = float("-inf")
+        attn(model.blocks[-1].norm1(tokens), attn_mask=bias)
+    for hook in hooks:
+        hook.remove()
+    expected = captured["read"][:, 0].view(len(images), attn.num_heads, attn.head_dim)
+    reads = train_embedded.patch_reads_by_head(model, captured["qkv"])
+    torch.testing.assert_close(reads, expected)
+
+
+def test_head_reads_add_each_heads_class_loss_on_the_object_images():
+    run = _small_run(object_free_images=2, token_label_weight=0.0)
+    with_reads = _small_run(object_free_images=2, token_label_weight=0.0, head_read_weight=0.5)
+    batch = train_embedded.training_batch(0, run)
+    model, token_head = _random_model_and_token_head()
+    heads = train_embedded.head_read_heads_for(model, with_reads)
+    assert len(heads) == model.blocks[-1].attn.num_heads
+    assert not len(train_embedded.head_read_heads_for(model, run))
+    plain = train_embedded.training_loss(model, token_head, batch, run)
+    loss = train_embedded.training_loss(model, token_head, batch, with_reads, None, heads)
+
+    qkv = []
+    hook = model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: qkv.append(out))
+    model.forward_features(train_embedded.to_model_input(batch.images, model))
+    hook.remove()
+    objects = batch.labels != train_embedded.NO_OBJECT
+    assert (~objects).sum() == 2
+    reads = train_embedded.patch_reads_by_head(model, qkv[0][objects])
+    expected = sum(
+        F.cross_entropy(head(reads[:, h]), batch.labels[objects], label_smoothing=0.1)
+        for h, head in enumerate(heads)
+    ) / len(heads)
+    torch.testing.assert_close(loss - plain, 0.5 * expected)
+
+
+def test_head_reads_without_their_heads_are_refused():
+    run = _small_run(head_read_weight=1.0)
+    model, token_head = _random_model_and_token_head()
+    with pytest.raises(ValueError, match="head_read_heads_for"):
         train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
