@@ -383,10 +383,10 @@ class StressRow:
 
 
 def evaluate_stress(
-    model_names: tuple[str, ...], num_images: int
+    model_names: tuple[str, ...], num_images: int, stream: str = "test"
 ) -> tuple[list[StressRow], list[SplitImages]]:
-    """Scores each model on every stress split (``stress_splits.SPLITS``)."""
-    built = build_splits(num_images)
+    """Scores each model on every stress split (``stress_splits.SPLITS``) of ``stream``."""
+    built = build_splits(num_images, stream=stream)
     rows = []
     for model_name in model_names:
         model = load_model(model_name)
@@ -584,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
         default=NUM_CASCADE_IMAGES,
         help="in-distribution images for the cascading randomisation table",
     )
+    parser.add_argument(
+        "--stream",
+        choices=("test", "val"),
+        default="test",
+        help="generator stream of the stress splits and of the tables drawn from them; "
+        "'val' compares training runs without looking at the test images",
+    )
     args = parser.parse_args(argv)
     if args.faithful_weights is not None:
         if not args.faithful_weights.is_file():
@@ -602,9 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     torch.manual_seed(0)
     stress_models = (zoo.FAITHFUL_MODEL, zoo.BRIGHTNESS_MODEL)
-    stress_rows, built = evaluate_stress(stress_models, args.num_images)
+    stress_rows, built = evaluate_stress(stress_models, args.num_images, args.stream)
     print(
-        f"Stress splits: {args.num_images} held-out images each (split 'test', 'varied' style); "
+        f"Stress splits: {args.num_images} held-out images each "
+        f"(stream {args.stream!r}, 'varied' style); "
         "CLS attention of the last layer, head mean, prefix tokens dropped. Chance: a uniform "
         "map's mass (the mask area) and a random peak's pointing hit rate. Reachable mass: the "
         "most a map can put on the object (mean largest mask fraction of a patch).\n"

@@ -125,13 +125,16 @@ class SplitImages:
     indices: np.ndarray
 
 
-def build_splits(num_images: int, splits: tuple[StressSplit, ...] = SPLITS) -> list[SplitImages]:
-    """The first ``num_images`` test samples of each split, in index order."""
+def build_splits(
+    num_images: int, splits: tuple[StressSplit, ...] = SPLITS, stream: str = "test"
+) -> list[SplitImages]:
+    """The first ``num_images`` samples of each split, in index order, from the generator's
+    ``stream`` ("test"; "val" to compare training runs without looking at the test images)."""
     chosen: list[list[tuple[int, Sample, np.ndarray]]] = [[] for _ in splits]
     for index in range(_MAX_SCANNED):
         if all(len(found) >= num_images for found in chosen):
             break
-        sample = make_sample(index, split="test")
+        sample = make_sample(index, split=stream)
         image = np.asarray(sample.image)
         for split, found in zip(splits, chosen, strict=True):
             if len(found) < num_images and split.keep(sample, image):
@@ -139,7 +142,7 @@ def build_splits(num_images: int, splits: tuple[StressSplit, ...] = SPLITS) -> l
     built = []
     for split, found in zip(splits, chosen, strict=True):
         if len(found) < num_images:
-            raise RuntimeError(f"only {len(found)} test images fit split {split.name!r}")
+            raise RuntimeError(f"only {len(found)} {stream} images fit split {split.name!r}")
         images = np.stack([image for _, _, image in found])
         if split.transform is not None:
             images = np.stack([split.transform(image) for image in images])

@@ -36,6 +36,14 @@ def test_every_split_has_its_images_in_index_order(built):
         assert np.all(np.diff(split.indices) > 0)
 
 
+def test_the_val_stream_gives_other_images_of_the_same_splits(built):
+    val = stress_splits.build_splits(NUM, stress_splits.SPLITS[:1], stream="val")[0]
+    test = built[val.split.name]
+    expected = [make_sample(int(i), split="val").label for i in val.indices]
+    assert val.labels.tolist() == expected
+    assert not np.array_equal(val.images, test.images)
+
+
 def test_sizes_split_at_the_small_area(built):
     for name, split in built.items():
         areas = split.masks.mean(axis=(1, 2))
