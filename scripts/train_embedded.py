@@ -49,6 +49,12 @@ classifier of what that head reads from the patches (its CLS row renormalised ov
 keys, the map the plugin scores) and adds their class losses with weight W: a head may not go
 off duty for one class (README: heads by shape). Where a head reads is still learnt, not set.
 
+``--faithful-background-confusion-weight W`` keeps the class out of the tokens far from the
+object: a training-only linear probe learns the class from each patch token more than one
+cell from the object as it enters the last block (on detached tokens), and the model is
+trained with weight W to make that probe's answer uniform (the confusion loss of Tzeng et
+al. 2015). Reading the background then tells the last layer nothing.
+
 ``--faithful-must-read-weight W`` (runs the last block a second time with its CLS row kept
 from every patch and trains those logits towards uniform: the class may not be known before
 the last layer has read), ``--faithful-last-block-reads``, ``--faithful-drop-path-rate``,
@@ -88,6 +94,7 @@ from timm.optim import create_optimizer_v2
 # beside this script.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
+from last_layer_reading import READINGS  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
 from pytest_vitattn.synthetic import (  # noqa: E402
@@ -119,6 +126,7 @@ class TrainConfig:
     deep_token_label_blocks: int = 0
     must_read_weight: float = 0.0
     head_read_weight: float = 0.0
+    background_confusion_weight: float = 0.0
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
     object_free_images: int = 0
@@ -269,6 +277,7 @@ def training_loss(
     config: TrainConfig,
     deep_token_heads: torch.nn.ModuleList | None = None,
     head_read_heads: torch.nn.ModuleList | None = None,
+    background_probe: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Class cross-entropy on the CLS token plus the weighted token labelling loss, plus,
     on object-free images, the weighted cross-entropy to the uniform distribution (Outlier
@@ -287,11 +296,19 @@ def training_loss(
     row renormalised over the patch keys, as ``mass_in_mask`` sees it) goes through its own
     training-only classifier (``head_read_heads``), trained on the object images' classes
     with that weight (averaged over heads): every head has to read class evidence from the
-    patches, for every class. Where it reads is still not supervised."""
+    patches, for every class. Where it reads is still not supervised.
+
+    With ``background_confusion_weight``, a training-only probe (``background_probe_for``)
+    learns to tell the class from each far-background token the last block reads (a patch
+    more than one cell from the object, in the object images), on detached tokens; the model
+    is trained, with that weight, to make the probe's answer there uniform (the confusion
+    loss of Tzeng et al. 2015): the class may be known near the object, not far from it."""
     if config.deep_token_label_blocks and deep_token_heads is None:
         raise ValueError("deep_token_label_blocks needs the heads of deep_token_heads_for()")
     if config.head_read_weight > 0 and head_read_heads is None:
         raise ValueError("head_read_weight needs the heads of head_read_heads_for()")
+    if config.background_confusion_weight > 0 and background_probe is None:
+        raise ValueError("background_confusion_weight needs the probe of background_probe_for()")
     deep_outputs: list[torch.Tensor] = []
     hooks = [
         block.register_forward_hook(lambda _block, _inputs, output: deep_outputs.append(output))
@@ -311,6 +328,13 @@ def training_loss(
                 lambda _layer, _inputs, output: last_qkv.append(output)
             )
         )
+    entering_last_for_probe: list[torch.Tensor] = []
+    if config.background_confusion_weight > 0:
+        hooks.append(
+            model.blocks[-1].register_forward_pre_hook(
+                lambda _block, inputs: entering_last_for_probe.append(inputs[0])
+            )
+        )
     try:
         tokens = model.forward_features(to_model_input(batch.images, model))  # (B, N, D)
     finally:
@@ -324,6 +348,10 @@ def training_loss(
     if object_free.any():
         uniform_cross_entropy = -F.log_softmax(logits[object_free], dim=1).mean(dim=1)
         loss = loss + config.object_free_weight * uniform_cross_entropy.mean()
+    if entering_last_for_probe:
+        loss = loss + _background_confusion_loss(
+            model, background_probe, entering_last_for_probe[0], batch, config
+        )
     if last_qkv:
         reads = patch_reads_by_head(model, last_qkv[0][~object_free])  # (B', H, head_dim)
         read_loss = sum(
@@ -366,6 +394,54 @@ def _unread_uniform_loss(model: torch.nn.Module, entering: torch.Tensor) -> torc
     prefix_only = model.blocks[-1](entering[:, : model.num_prefix_tokens])
     unread = model.forward_head(model.norm(prefix_only))  # (B, classes)
     return -F.log_softmax(unread, dim=1).mean(dim=1).mean()
+
+
+def far_background_tokens(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, P) bool: the patches more than one cell from the object (``last_layer_reading``'s
+    reading of that name), in the object images only; all False in images without one."""
+    fractions = mask_fractions(batch.masks, tuple(model.patch_embed.grid_size))
+    far = READINGS["only patches > 1 cell from the object"](fractions)
+    return far & (batch.labels != NO_OBJECT)[:, None]
+
+
+def _background_confusion_loss(
+    model: torch.nn.Module,
+    probe: torch.nn.Module,
+    entering: torch.Tensor,
+    batch: Batch,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """The probe's own class loss on the far-background tokens, detached from the model,
+    plus ``background_confusion_weight`` times the cross-entropy of its answers (its
+    weights detached) to the uniform prediction, which trains only the model.
+
+    Args:
+        entering: (B, N, D), the tokens entering the last block.
+    """
+    far = far_background_tokens(model, batch)  # (B, P)
+    if not far.any():  # an object close to every patch: nothing to keep the class out of
+        return entering.sum() * 0.0
+    patches = entering[:, model.num_prefix_tokens :][far]  # (far tokens, D)
+    labels = batch.labels[:, None].expand_as(far)[far]
+    probe_loss = F.cross_entropy(probe(patches.detach()), labels)
+    norm, linear = probe
+    frozen = F.linear(
+        F.layer_norm(
+            patches, norm.normalized_shape, norm.weight.detach(), norm.bias.detach(), norm.eps
+        ),
+        linear.weight.detach(),
+        linear.bias.detach(),
+    )  # (far tokens, classes)
+    confusion = -F.log_softmax(frozen, dim=1).mean(dim=1).mean()
+    return probe_loss + config.background_confusion_weight * confusion
+
+
+def background_probe_for(model: torch.nn.Module) -> torch.nn.Sequential:
+    """Training-only probe (LayerNorm, then linear to the classes) of the tokens entering
+    the last block."""
+    return torch.nn.Sequential(
+        torch.nn.LayerNorm(model.embed_dim), torch.nn.Linear(model.embed_dim, model.num_classes)
+    )
 
 
 def patch_reads_by_head(model: torch.nn.Module, qkv: torch.Tensor) -> torch.Tensor:
@@ -479,6 +555,9 @@ def train(config: TrainConfig) -> Path:
     head_read_heads = head_read_heads_for(model, config)
     if len(head_read_heads):
         trained["head_read_heads"] = head_read_heads
+    background_probe = None
+    if config.background_confusion_weight > 0:
+        background_probe = trained["background_probe"] = background_probe_for(model)
     optimizer = create_optimizer_v2(
         trained, "adamw", lr=config.lr, weight_decay=config.weight_decay
     )
@@ -489,7 +568,9 @@ def train(config: TrainConfig) -> Path:
     for step, batch in enumerate(batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = training_loss(model, token_head, batch, config, deep_token_heads, head_read_heads)
+        loss = training_loss(
+            model, token_head, batch, config, deep_token_heads, head_read_heads, background_probe
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping keeps the from-scratch ViT stable through the warm-up.
@@ -568,6 +649,7 @@ _RECORDED_WHEN_SET = (
     "deep_token_label_blocks",
     "must_read_weight",
     "head_read_weight",
+    "background_confusion_weight",
     "last_block_reads",
     "drop_path_rate",
     "object_free_images",
@@ -639,6 +721,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="weight of the loss that makes each last-layer head's read of the patches "
         "classify the object (each head through its own training-only classifier)",
+    )
+    parser.add_argument(
+        "--faithful-background-confusion-weight",
+        type=float,
+        default=0.0,
+        help="weight of the loss that keeps the class out of the tokens far from the object "
+        "(a training-only probe learns it there, the model makes the probe's answer uniform)",
     )
     parser.add_argument(
         "--faithful-drop-path-rate",
@@ -754,6 +843,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 deep_token_label_blocks=args.faithful_deep_token_label_blocks,
                 must_read_weight=args.faithful_must_read_weight,
                 head_read_weight=args.faithful_head_read_weight,
+                background_confusion_weight=args.faithful_background_confusion_weight,
                 label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,

@@ -55,6 +55,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-fresh-cls-share=0.5",
         "--faithful-deep-token-label-blocks=2",
         "--faithful-head-read-weight=1",
+        "--faithful-background-confusion-weight=1",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -290,3 +291,71 @@ def test_head_reads_without_their_heads_are_refused():
     model, token_head = _random_model_and_token_head()
     with pytest.raises(ValueError, match="head_read_heads_for"):
         train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
+
+
+def test_far_background_tokens_are_more_than_one_cell_from_the_object():
+    run = _small_run(object_free_images=2)
+    batch = train_embedded.training_batch(0, run)
+    model, _ = _random_model_and_token_head()
+    far = train_embedded.far_background_tokens(model, batch).view(-1, 8, 8)
+    assert not far[4:].any()  # the object-free images
+    for image in range(4):
+        rows, cols = np.nonzero(batch.masks[image])
+        touched = {(r // 8, c // 8) for r, c in zip(rows, cols, strict=True)}
+        for i in range(8):
+            for j in range(8):
+                near = any(abs(i - r) <= 1 and abs(j - c) <= 1 for r, c in touched)
+                assert bool(far[image, i, j]) == (not near)
+
+
+def test_background_confusion_trains_the_probe_on_detached_tokens_and_the_model_to_confuse_it():
+    run = _small_run(token_label_weight=0.0, background_confusion_weight=0.7)
+    batch = train_embedded.training_batch(0, run)
+    model, token_head = _random_model_and_token_head()
+    probe = train_embedded.background_probe_for(model)
+    with pytest.raises(ValueError, match="background_probe_for"):
+        train_embedded.training_loss(model, token_head, batch, run)
+    plain = train_embedded.training_loss(model, token_head, batch, _small_run(token_label_weight=0))
+    loss = train_embedded.training_loss(model, token_head, batch, run, None, None, probe)
+
+    # Recomputed without hooks: the tokens entering block 5, the far patches of the 4 objects.
+    x = model.norm_pre(
+        model._pos_embed(model.patch_embed(train_embedded.to_model_input(batch.images, model)))
+    )
+    for block in model.blocks[:-1]:
+        x = block(x)
+    far = train_embedded.far_background_tokens(model, batch)
+    tokens = x[:, 1:][far]
+    labels = batch.labels[:, None].expand_as(far)[far]
+    logits = probe(tokens)
+    probe_loss = F.cross_entropy(logits, labels)
+    confusion = F.cross_entropy(logits, torch.full_like(logits, 1 / model.num_classes))
+    torch.testing.assert_close(loss - plain, probe_loss + 0.7 * confusion)
+
+    # Gradients: the probe learns only from its own loss, the model only from the confusion.
+    model.zero_grad()
+    probe.zero_grad()
+    (loss - plain).backward()
+    probe_grads = [p.grad.clone() for p in probe.parameters()]
+    model_grad = model.blocks[0].attn.qkv.weight.grad.clone()
+    probe.zero_grad()
+    own = torch.autograd.grad(
+        F.cross_entropy(probe(tokens.detach()), labels), list(probe.parameters())
+    )
+    for got, expected in zip(probe_grads, own, strict=True):
+        torch.testing.assert_close(got, expected)
+    (expected_model_grad,) = torch.autograd.grad(
+        0.7
+        * F.cross_entropy(
+            F.linear(
+                F.layer_norm(
+                    tokens, (model.embed_dim,), probe[0].weight.detach(), probe[0].bias.detach()
+                ),
+                probe[1].weight.detach(),
+                probe[1].bias.detach(),
+            ),
+            torch.full((len(tokens), model.num_classes), 1 / model.num_classes),
+        ),
+        model.blocks[0].attn.qkv.weight,
+    )
+    torch.testing.assert_close(model_grad, expected_model_grad)
