@@ -7,8 +7,9 @@ A linear probe (LayerNorm, then linear to the five classes) is fitted on the pat
 entering the last block of ``vitattn_tiny_shapes``, from "val" images, and scored on
 held-out "test" images (the in-distribution stress split), separately for the patches the
 object touches, the ring of patches around those, and the patches more than one cell from
-the object. If the far patches tell the class, the last layer can classify without looking
-at the object, and where its CLS attention goes is free to drift (README, "Heads off duty").
+the object, and the same for the tokens entering every earlier block (chance 0.20). If the
+far patches tell the class, the last layer can classify without looking at the object, and
+where its CLS attention goes is free to drift (README, "What the tokens it reads know").
 """
 
 from __future__ import annotations
@@ -46,17 +47,21 @@ GROUPS = {
 }
 
 
-def tokens_entering_last_block(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
-    """(B, P, D): the patch tokens the last block reads (prefix tokens dropped)."""
-    entering: list[torch.Tensor] = []
-    hook = model.blocks[-1].register_forward_pre_hook(lambda _b, inputs: entering.append(inputs[0]))
+def tokens_entering_blocks(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
+    """(num_blocks, B, P, D): the patch tokens each block reads (prefix tokens dropped)."""
+    entering: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    hooks = [
+        block.register_forward_pre_hook(lambda _b, inputs, k=k: entering[k].append(inputs[0]))
+        for k, block in enumerate(model.blocks)
+    ]
     try:
         with torch.no_grad():
             for start in range(0, len(images), 100):
                 model.forward_features(to_model_input(images[start : start + 100], model))
     finally:
-        hook.remove()
-    return torch.cat(entering)[:, model.num_prefix_tokens :]
+        for hook in hooks:
+            hook.remove()
+    return torch.stack([torch.cat(chunks) for chunks in entering])[:, :, model.num_prefix_tokens :]
 
 
 def fit_probe(tokens: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> torch.nn.Module:
@@ -79,31 +84,39 @@ def fit_probe(tokens: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> t
 
 
 def probe_table(num_fit: int, num_test: int) -> str:
-    """Markdown: per patch group, the probe's accuracy on held-out tokens (chance 0.20)."""
+    """Markdown: per patch group and block, the probe's accuracy on held-out tokens."""
     model = load_model(zoo.FAITHFUL_MODEL).eval()
     grid = tuple(model.patch_embed.grid_size)
     fit_images, fit_labels, fit_masks = make_batch(range(num_fit), split="val", shortcut=False)
     test = build_splits(num_test, stream="test")[0]
-    fit_tokens = tokens_entering_last_block(model, fit_images)
-    test_tokens = tokens_entering_last_block(model, test.images)
+    fit_tokens = tokens_entering_blocks(model, fit_images)
+    test_tokens = tokens_entering_blocks(model, test.images)
     fit_fractions = mask_fractions(fit_masks, grid)
     test_fractions = mask_fractions(test.masks, grid)
     fit_labels = torch.as_tensor(fit_labels)
     test_labels = torch.as_tensor(test.labels)
+    last = len(model.blocks) - 1
+    blocks = [f"block {k}" + (" (last)" if k == last else "") for k in range(last + 1)]
     lines = [
-        "| patches | fitted on (val tokens) | scored on (test tokens) "
-        "| probe accuracy (chance 0.20) |",
-        "|---|---|---|---|",
+        "| patches | fitted on (val tokens) | scored on (test tokens) | "
+        + " | ".join(blocks)
+        + " |",
+        "|---|---|---|" + "---|" * len(blocks),
     ]
     for name, group in GROUPS.items():
         fit_keep, test_keep = group(fit_fractions), group(test_fractions)
-        probe = fit_probe(fit_tokens[fit_keep], fit_labels[:, None].expand_as(fit_keep)[fit_keep])
-        with torch.no_grad():
-            predicted = probe(test_tokens[test_keep]).argmax(dim=1)
+        fit_targets = fit_labels[:, None].expand_as(fit_keep)[fit_keep]
         truth = test_labels[:, None].expand_as(test_keep)[test_keep]
-        accuracy = float((predicted == truth).float().mean())
+        accuracies = []
+        for k in range(last + 1):
+            probe = fit_probe(fit_tokens[k][fit_keep], fit_targets)
+            with torch.no_grad():
+                predicted = probe(test_tokens[k][test_keep]).argmax(dim=1)
+            accuracies.append(f"{float((predicted == truth).float().mean()):.3f}")
         lines.append(
-            f"| {name} | {int(fit_keep.sum())} | {int(test_keep.sum())} | {accuracy:.3f} |"
+            f"| {name} | {int(fit_keep.sum())} | {int(test_keep.sum())} | "
+            + " | ".join(accuracies)
+            + " |"
         )
     return "\n".join(lines)
 

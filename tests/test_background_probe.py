@@ -25,16 +25,17 @@ def test_the_groups_split_every_patch_by_its_distance_from_the_object():
     assert far.sum() == 16 and not far[1:4, 1:4].any()
 
 
-def test_tokens_are_the_patch_tokens_entering_the_last_block():
+def test_tokens_are_the_patch_tokens_entering_each_block():
     model = timm.create_model(zoo.FAITHFUL_MODEL, pretrained=False).eval()
     images, _, _ = make_batch(range(3), split="val", shortcut=False)
-    tokens = background_probe.tokens_entering_last_block(model, images)
+    tokens = background_probe.tokens_entering_blocks(model, images)
+    assert tokens.shape == (len(model.blocks), 3, 64, model.embed_dim)
     with torch.no_grad():
         x = model.patch_embed(background_probe.to_model_input(images, model))
         x = model.norm_pre(model._pos_embed(x))
-        for block in model.blocks[:-1]:
+        for k, block in enumerate(model.blocks):
+            torch.testing.assert_close(tokens[k], x[:, 1:])
             x = block(x)
-    torch.testing.assert_close(tokens, x[:, 1:])
 
 
 def test_the_probe_finds_a_linear_class_and_not_a_random_one():
