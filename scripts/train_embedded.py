@@ -46,14 +46,15 @@ block reads carry the class where the object is and "background" elsewhere, a ho
 
 ``--faithful-head-read-weight W`` gives every head of the last block its own training-only
 classifier of what that head reads from the patches (its CLS row renormalised over the patch
-keys, the map the plugin scores) and adds their class losses with weight W: a head may not go
-off duty for one class (README: heads by shape). Where a head reads is still learnt, not set.
+keys, the map the plugin scores) and adds their class losses with weight W, meant to keep a
+head from going off duty for one class. Where a head reads is still learnt, not set.
 
 ``--faithful-background-confusion-weight W`` keeps the class out of the tokens far from the
 object: a training-only linear probe learns the class from each patch token more than one
 cell from the object as it enters the last block (on detached tokens), and the model is
 trained with weight W to make that probe's answer uniform (the confusion loss of Tzeng et
-al. 2015). Reading the background then tells the last layer nothing.
+al. 2015), meant to make reading the background tell the last layer nothing. Neither of the
+two is in the shipped recipe: both lowered the mass on the object (README).
 
 ``--faithful-must-read-weight W`` (runs the last block a second time with its CLS row kept
 from every patch and trains those logits towards uniform: the class may not be known before
@@ -315,7 +316,7 @@ def training_loss(
         for block in _deep_labelled_blocks(model, config)
     ]
     entering_last: list[torch.Tensor] = []
-    if config.must_read_weight > 0:
+    if config.must_read_weight > 0 or config.background_confusion_weight > 0:
         hooks.append(
             model.blocks[-1].register_forward_pre_hook(
                 lambda _block, inputs: entering_last.append(inputs[0])
@@ -326,13 +327,6 @@ def training_loss(
         hooks.append(
             model.blocks[-1].attn.qkv.register_forward_hook(
                 lambda _layer, _inputs, output: last_qkv.append(output)
-            )
-        )
-    entering_last_for_probe: list[torch.Tensor] = []
-    if config.background_confusion_weight > 0:
-        hooks.append(
-            model.blocks[-1].register_forward_pre_hook(
-                lambda _block, inputs: entering_last_for_probe.append(inputs[0])
             )
         )
     try:
@@ -348,9 +342,9 @@ def training_loss(
     if object_free.any():
         uniform_cross_entropy = -F.log_softmax(logits[object_free], dim=1).mean(dim=1)
         loss = loss + config.object_free_weight * uniform_cross_entropy.mean()
-    if entering_last_for_probe:
+    if config.background_confusion_weight > 0:
         loss = loss + _background_confusion_loss(
-            model, background_probe, entering_last_for_probe[0], batch, config
+            model, background_probe, entering_last[0], batch, config
         )
     if last_qkv:
         reads = patch_reads_by_head(model, last_qkv[0][~object_free])  # (B', H, head_dim)
@@ -363,7 +357,7 @@ def training_loss(
             for h, head in enumerate(head_read_heads)
         )
         loss = loss + config.head_read_weight * read_loss / len(head_read_heads)
-    if entering_last:
+    if config.must_read_weight > 0:
         loss = loss + config.must_read_weight * _unread_uniform_loss(
             model, entering_last[0][~object_free]
         )
