@@ -56,6 +56,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-deep-token-label-blocks=2",
         "--faithful-head-read-weight=1",
         "--faithful-background-confusion-weight=1",
+        "--faithful-local-blocks=1",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
@@ -359,3 +360,45 @@ def test_background_confusion_trains_the_probe_on_detached_tokens_and_the_model_
         model.blocks[0].attn.qkv.weight,
     )
     torch.testing.assert_close(model_grad, expected_model_grad)
+
+
+def test_local_attention_bias_lets_patches_read_their_neighbours_and_prefix_tokens_themselves():
+    bias = train_embedded.local_attention_bias((3, 3), num_prefix_tokens=1, radius=1)
+    allowed = bias == 0
+    assert bias.shape == (10, 10) and set(bias.unique().tolist()) == {0.0, float("-inf")}
+    assert allowed[0].tolist() == [True] + [False] * 9  # the CLS token reads only itself
+    assert not allowed[1:, 0].any()  # no patch reads it
+    # Patch (0, 0) reads (0, 0), (0, 1), (1, 0), (1, 1); the centre patch reads all nine.
+    assert allowed[1, 1:].view(3, 3).tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+    assert allowed[5, 1:].all()
+
+
+def test_local_blocks_keep_the_class_from_the_cls_token_until_the_last_block():
+    model, _ = _random_model_and_token_head()
+    model.eval()
+    train_embedded.attend_locally_before_last(model, radius=0)
+    images = train_embedded.to_model_input(
+        train_embedded.training_batch(0, _small_run()).images, model
+    )
+    entering = []
+    model.blocks[-1].register_forward_pre_hook(lambda _b, inputs: entering.append(inputs[0]))
+    with torch.no_grad():
+        model.forward_features(images)
+        x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+        tokens = x.clone()
+        # With radius 0 every block before the last maps each token on its own: changing the
+        # other tokens changes neither the CLS token nor a patch.
+        shuffled = torch.cat([x[:, :1], x[:, 1:].flip(1)], dim=1)
+        for block in model.blocks[:-1]:
+            x = block(x)
+            shuffled = block(shuffled)
+    torch.testing.assert_close(entering[0], x)
+    torch.testing.assert_close(shuffled[:, 0], x[:, 0])
+    torch.testing.assert_close(shuffled[:, 1:].flip(1), x[:, 1:])
+    # Without the mask the blocks mix: the same shuffle moves the CLS token.
+    plain, _ = _random_model_and_token_head()
+    with torch.no_grad():
+        y, y_shuffled = tokens, torch.cat([tokens[:, :1], tokens[:, 1:].flip(1)], dim=1)
+        for block in plain.blocks[:-1]:
+            y, y_shuffled = block(y), block(y_shuffled)
+    assert not torch.allclose(y_shuffled[:, 0], y[:, 0])
