@@ -48,6 +48,7 @@ import torch.nn.functional as F
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_attention import attend_locally_before_last
 from stress_splits import SplitImages, StressSplit, build_splits
 
 import pytest_vitattn.zoo as zoo
@@ -77,6 +78,8 @@ MIN_SMALL_MASS_RATIO = 10.0  # mass / chance on small objects
 # Weights files that replace a shipped model's packaged ones (``--faithful-weights``), so that
 # a training run's output is scored by the same code before it is shipped.
 WEIGHTS_OVERRIDES: dict[str, Path] = {}
+# Models scored with blocks before the last attending locally (``local_attention``): radius.
+LOCAL_RADIUS: dict[str, int] = {}
 
 
 def load_model(model_name: str) -> torch.nn.Module:
@@ -84,10 +87,14 @@ def load_model(model_name: str) -> torch.nn.Module:
     ``WEIGHTS_OVERRIDES`` names a file for it, with that file's."""
     override = WEIGHTS_OVERRIDES.get(model_name)
     if override is None:
-        return timm.create_model(model_name, pretrained=True)
-    return timm.create_model(
-        model_name, pretrained=True, pretrained_cfg_overlay={"file": str(override)}
-    )
+        model = timm.create_model(model_name, pretrained=True)
+    else:
+        model = timm.create_model(
+            model_name, pretrained=True, pretrained_cfg_overlay={"file": str(override)}
+        )
+    if model_name in LOCAL_RADIUS:
+        attend_locally_before_last(model, LOCAL_RADIUS[model_name])
+    return model
 
 
 @contextmanager
@@ -585,6 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         help="in-distribution images for the cascading randomisation table",
     )
     parser.add_argument(
+        "--faithful-local-blocks",
+        type=int,
+        default=-1,
+        metavar="RADIUS",
+        help="score the faithful model with its blocks before the last attending locally, "
+        "as trained with train_embedded.py --faithful-local-blocks RADIUS; -1: off",
+    )
+    parser.add_argument(
         "--stream",
         choices=("test", "val"),
         default="test",
@@ -592,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         "'val' compares training runs without looking at the test images",
     )
     args = parser.parse_args(argv)
+    if args.faithful_local_blocks >= 0:
+        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = args.faithful_local_blocks
     if args.faithful_weights is not None:
         if not args.faithful_weights.is_file():
             parser.error(f"--faithful-weights: no file at {args.faithful_weights}")

@@ -101,6 +101,7 @@ from timm.optim import create_optimizer_v2
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
 from last_layer_reading import READINGS  # noqa: E402
+from local_attention import attend_locally_before_last  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
 from pytest_vitattn.synthetic import (  # noqa: E402
@@ -442,35 +443,6 @@ def background_probe_for(model: torch.nn.Module) -> torch.nn.Sequential:
     return torch.nn.Sequential(
         torch.nn.LayerNorm(model.embed_dim), torch.nn.Linear(model.embed_dim, model.num_classes)
     )
-
-
-def local_attention_bias(
-    grid: tuple[int, int], num_prefix_tokens: int, radius: int
-) -> torch.Tensor:
-    """Additive attention mask (N, N) for the blocks before the last with ``local_radius``:
-    0 where a patch may read a patch at most ``radius`` cells away (either axis), -inf
-    elsewhere; a prefix token reads only itself and no patch reads a prefix token, so the
-    class can reach the CLS token only in the last block."""
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    rows, cols = rows.flatten(), cols.flatten()  # (P,)
-    near = ((rows[:, None] - rows[None]).abs() <= radius) & (
-        (cols[:, None] - cols[None]).abs() <= radius
-    )  # (P, P)
-    tokens = num_prefix_tokens + len(rows)
-    allowed = torch.zeros(tokens, tokens, dtype=torch.bool)
-    allowed[:num_prefix_tokens, :num_prefix_tokens] = torch.eye(num_prefix_tokens, dtype=torch.bool)
-    allowed[num_prefix_tokens:, num_prefix_tokens:] = near
-    return torch.zeros(tokens, tokens).masked_fill(~allowed, float("-inf"))
-
-
-def attend_locally_before_last(model: torch.nn.Module, radius: int) -> None:
-    """Makes every block but the last run with ``local_attention_bias`` (forward pre-hooks,
-    kept for the model's life, validation included)."""
-    bias = local_attention_bias(tuple(model.patch_embed.grid_size), model.num_prefix_tokens, radius)
-    for block in model.blocks[:-1]:
-        block.register_forward_pre_hook(
-            lambda _block, args, kwargs: (args, {**kwargs, "attn_mask": bias}), with_kwargs=True
-        )
 
 
 def patch_reads_by_head(model: torch.nn.Module, qkv: torch.Tensor) -> torch.Tensor:
