@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import (  # noqa: E402
+    LOCAL_RADIUS,
     WEIGHTS_OVERRIDES,
     load_model,
     make_batch,
@@ -126,7 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-fit", type=int, default=400, help="val images to fit on")
     parser.add_argument("--num-test", type=int, default=500, help="test images to score")
     parser.add_argument("--faithful-weights", type=Path, default=None)
+    parser.add_argument(
+        "--faithful-local-blocks",
+        type=int,
+        default=-1,
+        metavar="RADIUS",
+        help="blocks before the last attend locally, as trained with that option; -1: off",
+    )
     args = parser.parse_args(argv)
+    if args.faithful_local_blocks >= 0:
+        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = args.faithful_local_blocks
     if args.faithful_weights is not None:
         if not args.faithful_weights.is_file():
             parser.error(f"--faithful-weights: no file at {args.faithful_weights}")
