@@ -561,6 +561,9 @@ def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
         grid = tuple(model.patch_embed.grid_size)
         for label, shape in enumerate(SHAPE_CLASSES):
             keep = split.labels == label
+            if not keep.any():  # a small --num-images may draw no image of a shape
+                lines.append(f"| `{model_name}` | {shape} | 0 | - | - | - | - | - |")
+                continue
             images, labels, masks = split.images[keep], split.labels[keep], split.masks[keep]
             s = score_arrays(model, images, labels, masks)
             maps = layer_maps(model, images)[0][-1].flatten(1)  # (N, patches), last layer

@@ -116,3 +116,17 @@ def test_targets_are_met_when_every_split_meets_them():
 def test_each_missed_target_is_named(split, values, expected):
     missed = evaluation.missed_stress_targets(rows(**{split: values}), "m")
     assert any(message.startswith(expected) for message in missed), missed
+
+
+def test_a_shape_without_images_gets_an_empty_row_in_the_per_shape_table(built):
+    split = next(iter(built.values()))
+    only = split.labels == split.labels[0]
+    one_shape = stress_splits.SplitImages(
+        split.split, split.images[only], split.labels[only], split.masks[only], split.indices[only]
+    )
+    table = evaluation.per_shape_table((evaluation.zoo.FAITHFUL_MODEL,), one_shape)
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(SHAPE_CLASSES)
+    empty = [row for row in rows if "| 0 | - |" in row]
+    assert len(empty) == len(SHAPE_CLASSES) - 1
+    assert SHAPE_CLASSES[split.labels[0]] not in " ".join(empty)
