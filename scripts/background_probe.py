@@ -24,12 +24,11 @@ import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import (  # noqa: E402
-    LOCAL_RADIUS,
-    WEIGHTS_OVERRIDES,
     load_model,
     make_batch,
     mask_fractions,
     to_model_input,
+    use_faithful_options,
 )
 from last_layer_reading import READINGS  # noqa: E402
 from stress_splits import build_splits  # noqa: E402
@@ -135,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         help="blocks before the last attend locally, as trained with that option; -1: off",
     )
     args = parser.parse_args(argv)
-    if args.faithful_local_blocks >= 0:
-        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = args.faithful_local_blocks
-    if args.faithful_weights is not None:
-        if not args.faithful_weights.is_file():
-            parser.error(f"--faithful-weights: no file at {args.faithful_weights}")
-        WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = args.faithful_weights
+    use_faithful_options(parser, args.faithful_weights, args.faithful_local_blocks)
     torch.set_num_threads(1)
     print(probe_table(args.num_fit, args.num_test))
     return 0

@@ -578,6 +578,19 @@ def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
     return "\n".join(lines)
 
 
+def use_faithful_options(
+    parser: argparse.ArgumentParser, weights: Path | None, local_radius: int
+) -> None:
+    """Applies ``--faithful-weights`` (a file that must exist) and ``--faithful-local-blocks``
+    (-1: off) to every later ``load_model`` of the faithful model."""
+    if local_radius >= 0:
+        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = local_radius
+    if weights is not None:
+        if not weights.is_file():
+            parser.error(f"--faithful-weights: no file at {weights}")
+        WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = weights
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-check", action="store_true", help="print the tables, exit 0")
@@ -610,12 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         "'val' compares training runs without looking at the test images",
     )
     args = parser.parse_args(argv)
-    if args.faithful_local_blocks >= 0:
-        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = args.faithful_local_blocks
+    use_faithful_options(parser, args.faithful_weights, args.faithful_local_blocks)
     if args.faithful_weights is not None:
-        if not args.faithful_weights.is_file():
-            parser.error(f"--faithful-weights: no file at {args.faithful_weights}")
-        WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = args.faithful_weights
         try:  # refuse another architecture's file here, not deep inside timm mid-run
             load_model(zoo.FAITHFUL_MODEL)
         except (RuntimeError, AttributeError, KeyError, ValueError) as error:
