@@ -34,6 +34,7 @@ Metric definitions (per image, per layer):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -582,12 +584,22 @@ def use_faithful_options(
     parser: argparse.ArgumentParser, weights: Path | None, local_radius: int
 ) -> None:
     """Applies ``--faithful-weights`` (a file that must exist) and ``--faithful-local-blocks``
-    (-1: off) to every later ``load_model`` of the faithful model."""
+    (-1: off) to every later ``load_model`` of the faithful model; refuses a radius other
+    than the one the weights were trained with (their recipe says), which would score
+    another model."""
+    if weights is not None and not weights.is_file():
+        parser.error(f"--faithful-weights: no file at {weights}")
+    with safe_open(str(weights or zoo.weights_path(zoo.FAITHFUL_MODEL)), "pt") as handle:
+        recipe = json.loads((handle.metadata() or {}).get("recipe", "{}"))
+    trained_radius = recipe.get("local_radius", -1)
+    if trained_radius != local_radius:
+        parser.error(
+            f"--faithful-local-blocks {local_radius} does not match the weights, trained with "
+            f"--faithful-local-blocks {trained_radius} (-1: off)"
+        )
     if local_radius >= 0:
         LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = local_radius
     if weights is not None:
-        if not weights.is_file():
-            parser.error(f"--faithful-weights: no file at {weights}")
         WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = weights
 
 

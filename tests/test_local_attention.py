@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
@@ -77,3 +78,13 @@ def test_the_evaluation_scores_the_local_model_with_its_mask(monkeypatch):
     )
     # The last block reads every patch.
     assert (last[:, :, 0, 1:] > 0).all()
+
+
+@pytest.mark.parametrize("script", ["evaluate_embedded", "background_probe"])
+def test_a_radius_the_weights_were_not_trained_with_is_refused(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--faithful-local-blocks", "0"])  # the packaged weights have none
+    assert exit_info.value.code == 2
+    assert "trained with --faithful-local-blocks -1" in capsys.readouterr().err
+    assert zoo.FAITHFUL_MODEL not in evaluation.LOCAL_RADIUS
