@@ -224,10 +224,17 @@ def test_must_read_trains_the_unread_logits_of_the_object_images_towards_uniform
     torch.testing.assert_close(with_must_read - plain, 0.8 * F.cross_entropy(unread, uniform))
 
 
-def test_deep_token_labels_without_their_heads_are_refused():
-    run = _small_run(deep_token_label_blocks=2)
+@pytest.mark.parametrize(
+    ("option", "helper"),
+    [
+        ({"deep_token_label_blocks": 2}, "deep_token_heads_for"),
+        ({"head_read_weight": 1.0}, "head_read_heads_for"),
+    ],
+)
+def test_an_option_without_its_training_only_heads_is_refused(option, helper):
+    run = _small_run(**option)
     model, token_head = _random_model_and_token_head()
-    with pytest.raises(ValueError, match="deep_token_heads_for"):
+    with pytest.raises(ValueError, match=helper):
         train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
 
 
@@ -285,13 +292,6 @@ def test_head_reads_add_each_heads_class_loss_on_the_object_images():
         for h, head in enumerate(heads)
     ) / len(heads)
     torch.testing.assert_close(loss - plain, 0.5 * expected)
-
-
-def test_head_reads_without_their_heads_are_refused():
-    run = _small_run(head_read_weight=1.0)
-    model, token_head = _random_model_and_token_head()
-    with pytest.raises(ValueError, match="head_read_heads_for"):
-        train_embedded.training_loss(model, token_head, train_embedded.training_batch(0, run), run)
 
 
 def test_far_background_tokens_are_more_than_one_cell_from_the_object():
