@@ -511,26 +511,37 @@ def contrast(first, second) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
+# Records are laid out lazily (``content-visibility: auto``): records that come near the
+# viewport after a scroll take their real height on the next frame and move what is below
+# them. So scroll, let two frames pass, and repeat until the stage stays where it is.
+SETTLE_AT_STAGE = """(async () => {{
+  const stage = document.querySelector('#{record} .stage');
+  let last = null;
+  for (let attempt = 0; attempt < 40; attempt++) {{
+    window.scrollTo(0, stage.getBoundingClientRect().top + window.scrollY - 200);
+    await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+    const top = stage.getBoundingClientRect().top;
+    if (top === last) return top;
+    last = top;
+  }}
+  throw new Error('the layout around the stage did not settle');
+}})()"""
+
+
+def stage_pixels(browser, record: str) -> np.ndarray:
+    """(h, w, 3) int screenshot pixels of a record's overlay stage, once the layout is still."""
+    browser.evaluate(SETTLE_AT_STAGE.format(record=record))
+    stage = box(browser, f"#{record} .stage")
+    shot = keep_screenshot(browser, f"stage-{record}")
+    edges = (stage["left"], stage["top"], stage["right"], stage["bottom"])
+    return np.asarray(shot.crop(tuple(round(edge) for edge in edges))).astype(int)
+
+
 def test_the_mask_outline_is_visible_on_a_red_object(browser, report_folder):
     open_report(browser, report_folder, WIDE)
     record = anchor("test_suite.py::test_red_object::red.png")
     browser.evaluate(f"document.getElementById('{record}-overlay-none').click()")  # image only
-    browser.evaluate(
-        f"window.scrollTo(0, document.querySelector('#{record} .stage')"
-        ".getBoundingClientRect().top + window.scrollY - 200)"
-    )
-    stage = box(browser, f"#{record} .stage")
-    shot = keep_screenshot(browser, "outline-on-red")
-    crop = np.asarray(
-        shot.crop(
-            (
-                round(stage["left"]),
-                round(stage["top"]),
-                round(stage["right"]),
-                round(stage["bottom"]),
-            )
-        )
-    ).astype(int)
+    crop = stage_pixels(browser, record)
     row = crop[crop.shape[0] // 2]  # a line across the middle of the image and its mask
     red = row[5]
     assert contrast(red, (255, 0, 0)) < 1.1  # the background really is red here
@@ -540,18 +551,6 @@ def test_the_mask_outline_is_visible_on_a_red_object(browser, report_folder):
     dark = min(near, key=luminance)
     assert contrast(light, red) >= 3 and contrast(dark, red) >= 3
     assert contrast(light, dark) >= 7
-
-
-def stage_pixels(browser, record: str) -> np.ndarray:
-    """(h, w, 3) int screenshot pixels of a record's overlay stage."""
-    browser.evaluate(
-        f"window.scrollTo(0, document.querySelector('#{record} .stage')"
-        ".getBoundingClientRect().top + window.scrollY - 200)"
-    )
-    stage = box(browser, f"#{record} .stage")
-    shot = keep_screenshot(browser, f"stage-{record}")
-    edges = (stage["left"], stage["top"], stage["right"], stage["bottom"])
-    return np.asarray(shot.crop(tuple(round(edge) for edge in edges))).astype(int)
 
 
 def test_the_overlay_leaves_the_image_as_it_is_where_attention_is_not_above_uniform(
