@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from timm.layers import PatchEmbed
 from timm.models import (
     VisionTransformer,
@@ -28,7 +29,7 @@ from timm.models import (
     generate_default_cfgs,
     register_model,
 )
-from timm.models.vision_transformer import checkpoint_filter_fn
+from timm.models.vision_transformer import Block, checkpoint_filter_fn
 from torch import nn
 
 from pytest_vitattn.synthetic import DEFAULT_SIZE, SHAPE_CLASSES
@@ -39,6 +40,11 @@ BRIGHTNESS_MODEL = "vitattn_tiny_shapes_brightness"
 MODEL_NAMES: tuple[str, ...] = (FAITHFUL_MODEL, SHORTCUT_MODEL, BRIGHTNESS_MODEL)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# The faithful model's architecture, as its shipped weights were trained (their recipe's
+# ``local_radius`` and ``local_cls_reads_patches``): -1, every block attends globally.
+FAITHFUL_LOCAL_RADIUS = -1
+FAITHFUL_CLS_READS_PATCHES = False
 
 # Synthetic pixels span the whole [0, 255] range, so a symmetric normalisation is enough.
 MEAN = (0.5, 0.5, 0.5)
@@ -105,6 +111,68 @@ class ConvStemPatchEmbed(PatchEmbed):
         super().set_input_size(img_size=img_size)
 
 
+def local_attention_bias(
+    grid: tuple[int, int], num_prefix_tokens: int, radius: int, cls_reads_patches: bool
+) -> torch.Tensor:
+    """Additive attention mask (N, N), N = num_prefix_tokens + h * w, of a local block.
+
+    0 where a query may read a key, -inf elsewhere: a patch reads the patches at most
+    ``radius`` cells away (on either axis) and never a prefix token; a prefix token reads
+    itself and, with ``cls_reads_patches``, every patch.
+    """
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()  # (P,)
+    near = ((rows[:, None] - rows[None]).abs() <= radius) & (
+        (cols[:, None] - cols[None]).abs() <= radius
+    )  # (P, P)
+    tokens = num_prefix_tokens + len(rows)
+    allowed = torch.zeros(tokens, tokens, dtype=torch.bool)
+    allowed[:num_prefix_tokens, :num_prefix_tokens] = torch.eye(num_prefix_tokens, dtype=torch.bool)
+    allowed[:num_prefix_tokens, num_prefix_tokens:] = cls_reads_patches
+    allowed[num_prefix_tokens:, num_prefix_tokens:] = near
+    return torch.zeros(tokens, tokens).masked_fill(~allowed, float("-inf"))
+
+
+class MaskedBlock(Block):
+    """timm's ``Block`` with a fixed additive attention mask of its own.
+
+    ``attn_mask`` (N, N) or None (attend globally, exactly ``Block``) is a non-persistent
+    buffer: part of the architecture, not of the weights, so it moves with ``.to()`` and
+    stays out of the state dict.
+
+    The decision rests on the buffer alone, never on the ``attn_mask`` argument:
+    ``VisionTransformer.forward`` passes its own (None) on, and torch.fx traces that
+    argument as a graph input, so a block that tested it would trace without its mask.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("attn_mask", None, persistent=False)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """(B, N, dim) -> (B, N, dim)."""
+        if self.attn_mask is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if isinstance(attn_mask, torch.Tensor) or is_causal is True:  # not while fx traces
+            raise ValueError("this block attends with its own fixed mask; pass no other")
+        return super().forward(x, attn_mask=self.attn_mask)
+
+
+def attend_locally_before_last(
+    model: VisionTransformer, radius: int, cls_reads_patches: bool
+) -> None:
+    """Gives every ``MaskedBlock`` but the last ``local_attention_bias``: patches mix only
+    within ``radius`` cells until the last block, so what the CLS token reads from a patch
+    is about that patch's surroundings."""
+    bias = local_attention_bias(
+        tuple(model.patch_embed.grid_size), model.num_prefix_tokens, radius, cls_reads_patches
+    )
+    for block in model.blocks[:-1]:
+        block.attn_mask = bias
+
+
 # The faithful model (0.2) has the convolutional stem; the 0.1 models keep timm's plain one.
 _EMBED_LAYERS: dict[str, type[PatchEmbed]] = {"vitattn_tiny_shapes": ConvStemPatchEmbed}
 
@@ -149,9 +217,21 @@ def _create(model_name: str, pretrained: bool, **kwargs: Any) -> VisionTransform
     )
 
 
-def vitattn_tiny_shapes(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """Tiny ViT trained to classify synthetic shapes; its CLS attention finds the object."""
-    return _create(FAITHFUL_MODEL, pretrained, **kwargs)
+def vitattn_tiny_shapes(
+    pretrained: bool = False,
+    local_radius: int = FAITHFUL_LOCAL_RADIUS,
+    cls_reads_patches: bool = FAITHFUL_CLS_READS_PATCHES,
+    **kwargs: Any,
+) -> VisionTransformer:
+    """Tiny ViT trained to classify synthetic shapes; its CLS attention finds the object.
+
+    ``local_radius`` >= 0 makes the blocks before the last local (``local_attention_bias``;
+    -1: every block attends globally); the defaults are the shipped weights' architecture.
+    """
+    model = _create(FAITHFUL_MODEL, pretrained, block_fn=MaskedBlock, **kwargs)
+    if local_radius >= 0:
+        attend_locally_before_last(model, local_radius, cls_reads_patches)
+    return model
 
 
 def vitattn_tiny_shapes_shortcut(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:

@@ -126,15 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-fit", type=int, default=400, help="val images to fit on")
     parser.add_argument("--num-test", type=int, default=500, help="test images to score")
     parser.add_argument("--faithful-weights", type=Path, default=None)
-    parser.add_argument(
-        "--faithful-local-blocks",
-        type=int,
-        default=-1,
-        metavar="RADIUS",
-        help="blocks before the last attend locally, as trained with that option; -1: off",
-    )
     args = parser.parse_args(argv)
-    use_faithful_options(parser, args.faithful_weights, args.faithful_local_blocks)
+    use_faithful_options(parser, args.faithful_weights)
     torch.set_num_threads(1)
     print(probe_table(args.num_fit, args.num_test))
     return 0

@@ -50,7 +50,6 @@ from safetensors import safe_open
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_attention import attend_locally_before_last
 from stress_splits import SplitImages, StressSplit, build_splits
 
 import pytest_vitattn.zoo as zoo
@@ -80,23 +79,22 @@ MIN_SMALL_MASS_RATIO = 10.0  # mass / chance on small objects
 # Weights files that replace a shipped model's packaged ones (``--faithful-weights``), so that
 # a training run's output is scored by the same code before it is shipped.
 WEIGHTS_OVERRIDES: dict[str, Path] = {}
-# Models scored with blocks before the last attending locally (``local_attention``): radius.
-LOCAL_RADIUS: dict[str, int] = {}
+# Architecture keywords of a model whose weights were trained with local blocks
+# (``zoo.vitattn_tiny_shapes``' ``local_radius`` and ``cls_reads_patches``), read from the
+# recipe in its weights file.
+ARCHITECTURES: dict[str, dict[str, object]] = {}
 
 
 def load_model(model_name: str) -> torch.nn.Module:
     """A shipped model through timm by name, with its packaged weights or, where
     ``WEIGHTS_OVERRIDES`` names a file for it, with that file's."""
     override = WEIGHTS_OVERRIDES.get(model_name)
+    architecture = ARCHITECTURES.get(model_name, {})
     if override is None:
-        model = timm.create_model(model_name, pretrained=True)
-    else:
-        model = timm.create_model(
-            model_name, pretrained=True, pretrained_cfg_overlay={"file": str(override)}
-        )
-    if model_name in LOCAL_RADIUS:
-        attend_locally_before_last(model, LOCAL_RADIUS[model_name])
-    return model
+        return timm.create_model(model_name, pretrained=True, **architecture)
+    return timm.create_model(
+        model_name, pretrained=True, pretrained_cfg_overlay={"file": str(override)}, **architecture
+    )
 
 
 @contextmanager
@@ -580,25 +578,25 @@ def per_shape_table(model_names: tuple[str, ...], split: SplitImages) -> str:
     return "\n".join(lines)
 
 
-def use_faithful_options(
-    parser: argparse.ArgumentParser, weights: Path | None, local_radius: int
-) -> None:
-    """Applies ``--faithful-weights`` (a file that must exist) and ``--faithful-local-blocks``
-    (-1: off) to every later ``load_model`` of the faithful model; refuses a radius other
-    than the one the weights were trained with (their recipe says), which would score
-    another model."""
+def faithful_architecture(weights: Path) -> dict[str, object]:
+    """The faithful model's architecture keywords that ``weights`` were trained with, from
+    the recipe in the file: its local blocks (none in files from before they existed)."""
+    with safe_open(str(weights), "pt") as handle:
+        recipe = json.loads((handle.metadata() or {}).get("recipe", "{}"))
+    return {
+        "local_radius": recipe.get("local_radius", -1),
+        "cls_reads_patches": recipe.get("local_cls_reads_patches", False),
+    }
+
+
+def use_faithful_options(parser: argparse.ArgumentParser, weights: Path | None) -> None:
+    """Applies ``--faithful-weights`` (a file that must exist) to every later ``load_model``
+    of the faithful model, built with the architecture its recipe names."""
     if weights is not None and not weights.is_file():
         parser.error(f"--faithful-weights: no file at {weights}")
-    with safe_open(str(weights or zoo.weights_path(zoo.FAITHFUL_MODEL)), "pt") as handle:
-        recipe = json.loads((handle.metadata() or {}).get("recipe", "{}"))
-    trained_radius = recipe.get("local_radius", -1)
-    if trained_radius != local_radius:
-        parser.error(
-            f"--faithful-local-blocks {local_radius} does not match the weights, trained with "
-            f"--faithful-local-blocks {trained_radius} (-1: off)"
-        )
-    if local_radius >= 0:
-        LOCAL_RADIUS[zoo.FAITHFUL_MODEL] = local_radius
+    ARCHITECTURES[zoo.FAITHFUL_MODEL] = faithful_architecture(
+        weights or zoo.weights_path(zoo.FAITHFUL_MODEL)
+    )
     if weights is not None:
         WEIGHTS_OVERRIDES[zoo.FAITHFUL_MODEL] = weights
 
@@ -620,14 +618,6 @@ def main(argv: list[str] | None = None) -> int:
         help="in-distribution images for the cascading randomisation table",
     )
     parser.add_argument(
-        "--faithful-local-blocks",
-        type=int,
-        default=-1,
-        metavar="RADIUS",
-        help="score the faithful model with its blocks before the last attending locally, "
-        "as trained with train_embedded.py --faithful-local-blocks RADIUS; -1: off",
-    )
-    parser.add_argument(
         "--stream",
         choices=("test", "val"),
         default="test",
@@ -635,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         "'val' compares training runs without looking at the test images",
     )
     args = parser.parse_args(argv)
-    use_faithful_options(parser, args.faithful_weights, args.faithful_local_blocks)
+    use_faithful_options(parser, args.faithful_weights)
     if args.faithful_weights is not None:
         try:  # refuse another architecture's file here, not deep inside timm mid-run
             load_model(zoo.FAITHFUL_MODEL)

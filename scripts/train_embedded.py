@@ -58,8 +58,10 @@ two is in the shipped recipe: both lowered the mass on the object (README).
 
 ``--faithful-local-blocks R`` makes every block before the last attend only to patches at
 most R cells away, with a CLS token that reads nothing there, so the class reaches the CLS
-token only through the last layer's read (a different architecture: the shipped model has no
-mask and ``evaluate_embedded.py`` applies none, so only the training log's numbers hold).
+token only through the last layer's read; with ``--faithful-local-cls-reads-patches`` the CLS
+token reads every patch in every block, and so only ever local evidence. The mask is the
+faithful model's architecture (``zoo.MaskedBlock``), recorded in the recipe, from which
+``evaluate_embedded.py --faithful-weights`` builds the model it scores.
 
 ``--faithful-must-read-weight W`` (runs the last block a second time with its CLS row kept
 from every patch and trains those logits towards uniform: the class may not be known before
@@ -101,7 +103,6 @@ from timm.optim import create_optimizer_v2
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 from evaluate_embedded import mask_fractions, score, to_model_input  # noqa: E402
 from last_layer_reading import READINGS  # noqa: E402
-from local_attention import attend_locally_before_last  # noqa: E402
 
 import pytest_vitattn.zoo as zoo  # noqa: E402
 from pytest_vitattn.synthetic import (  # noqa: E402
@@ -135,6 +136,7 @@ class TrainConfig:
     head_read_weight: float = 0.0
     background_confusion_weight: float = 0.0
     local_radius: int = -1
+    local_cls_reads_patches: bool = False
     last_block_reads: bool = False
     drop_path_rate: float = 0.0
     object_free_images: int = 0
@@ -526,8 +528,13 @@ def train(config: TrainConfig) -> Path:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     # Built through timm by name, so training and loading share one architecture definition.
+    architecture = {}
+    if config.model_name == zoo.FAITHFUL_MODEL:  # only its entry point has local blocks
+        architecture = dict(
+            local_radius=config.local_radius, cls_reads_patches=config.local_cls_reads_patches
+        )
     model = timm.create_model(
-        config.model_name, pretrained=False, drop_path_rate=config.drop_path_rate
+        config.model_name, pretrained=False, drop_path_rate=config.drop_path_rate, **architecture
     )
     if config.init_from is not None:
         # Start from a shipped model's weights (a zoo name) instead of random: every tensor
@@ -541,8 +548,6 @@ def train(config: TrainConfig) -> Path:
     model.train()
     if config.last_block_reads:
         model.blocks[-1].register_forward_pre_hook(detach_cls_before)
-    if config.local_radius >= 0:
-        attend_locally_before_last(model, config.local_radius)
     if config.fresh_cls_share > 0:
         model.blocks[-1].register_forward_pre_hook(
             lambda block, inputs: fresh_cls_before(model, config.fresh_cls_share, inputs)
@@ -654,6 +659,7 @@ _RECORDED_WHEN_SET = (
     "head_read_weight",
     "background_confusion_weight",
     "local_radius",
+    "local_cls_reads_patches",
     "last_block_reads",
     "drop_path_rate",
     "object_free_images",
@@ -739,8 +745,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=-1,
         metavar="RADIUS",
         help="blocks before the last attend only to patches at most RADIUS cells away and "
-        "their CLS token reads nothing (an experiment: the shipped architecture has no mask, "
-        "so only the training log's validation numbers apply); -1: off",
+        "their CLS token reads nothing (zoo.MaskedBlock); -1: every block attends globally",
+    )
+    parser.add_argument(
+        "--faithful-local-cls-reads-patches",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with --faithful-local-blocks: the CLS token reads every patch in every block "
+        "(the patches still read only near patches and never the CLS token)",
     )
     parser.add_argument(
         "--faithful-drop-path-rate",
@@ -858,6 +870,7 @@ def configs(args: argparse.Namespace) -> list[TrainConfig]:
                 head_read_weight=args.faithful_head_read_weight,
                 background_confusion_weight=args.faithful_background_confusion_weight,
                 local_radius=args.faithful_local_blocks,
+                local_cls_reads_patches=args.faithful_local_cls_reads_patches,
                 label_smoothing=args.faithful_label_smoothing,
                 last_block_reads=args.faithful_last_block_reads,
                 drop_path_rate=args.faithful_drop_path_rate,

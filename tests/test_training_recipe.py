@@ -57,6 +57,7 @@ def test_the_default_command_is_the_shipped_shortcut_models_recipe():
         "--faithful-head-read-weight=1",
         "--faithful-background-confusion-weight=1",
         "--faithful-local-blocks=1",
+        "--faithful-local-cls-reads-patches",
     ],
 )
 def test_another_argument_is_another_recipe(flag):
