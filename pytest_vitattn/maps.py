@@ -37,9 +37,47 @@ def patch_maps(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]
     patches = rows[..., num_prefix_tokens:].float()
     check_finite(patches, "attention")
     total = patches.sum(dim=-1, keepdim=True)
-    if bool((total <= 0).any()):
-        raise AttentionValueError("a CLS row puts no attention on any patch; cannot normalise")
+    unread = total[..., 0] <= 0
+    if bool(unread.any()):
+        raise AttentionValueError(
+            f"the CLS row of {_positions_text(unread)} puts all its attention on prefix tokens "
+            "(the CLS token itself, distillation or register tokens) and none on any patch, "
+            "so there is no map over the patches to normalise there. A block whose attention "
+            "mask keeps the CLS token from the patches gives such rows; the plugin reads a map "
+            "from every block's CLS row, so a model with such blocks is not supported"
+        )
     return (patches / total).reshape(*rows.shape[:-1], height, width)
+
+
+def _positions_text(where: torch.Tensor) -> str:
+    """Where a bool (layers, heads) tensor is true, e.g. ``"layers 0-4 (every head)"`` or
+    ``"layer 2, heads 0, 1"``; other shapes as a list of index tuples (the first five)."""
+    if where.ndim != 2:
+        found = [tuple(index) for index in where.nonzero().tolist()]
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        return f"rows {found[:5]}{more}"
+    whole = [layer for layer in range(where.shape[0]) if bool(where[layer].all())]
+    parts = []
+    if whole:
+        noun = "layer" if len(whole) == 1 else "layers"
+        parts.append(f"{noun} {_ranges_text(whole)} (every head)")
+    for layer in range(where.shape[0]):
+        heads = where[layer].nonzero().flatten().tolist()
+        if heads and layer not in whole:
+            noun = "head" if len(heads) == 1 else "heads"
+            parts.append(f"layer {layer}, {noun} {', '.join(map(str, heads))}")
+    return "; ".join(parts)
+
+
+def _ranges_text(numbers: list[int]) -> str:
+    """Sorted ints as ranges: [0, 1, 2, 4] -> "0-2, 4"."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def grids_text(grids: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> str:

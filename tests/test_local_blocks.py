@@ -22,6 +22,7 @@ import train_embedded
 from evaluate_embedded import to_model_input
 
 from pytest_vitattn import zoo
+from pytest_vitattn.errors import AttentionValueError
 from pytest_vitattn.models import ModelSpec, load_model
 from pytest_vitattn.probe import Probe
 from pytest_vitattn.synthetic import make_batch, make_sample
@@ -162,3 +163,11 @@ def test_the_evaluation_builds_the_architecture_of_the_weights_it_scores(tmp_pat
         "local_radius": zoo.FAITHFUL_LOCAL_RADIUS,
         "cls_reads_patches": zoo.FAITHFUL_CLS_READS_PATCHES,
     }
+
+
+def test_a_model_whose_early_cls_rows_read_no_patch_is_refused_by_layer():
+    """Blocks that keep the CLS token to itself have no map; the refusal says which."""
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", 0),)))
+    with pytest.raises(AttentionValueError, match=r"the CLS row of layers 0-4 \(every head\)"):
+        Probe(loaded, rollout=None)(make_sample(0, split="test").image)

@@ -81,3 +81,13 @@ def test_upsample_keeps_a_constant_map_constant_and_has_pixel_size():
     up = upsample(torch.full((2, 3), 0.25), (32, 48))
     assert up.shape == (32, 48)
     torch.testing.assert_close(up, torch.full((32, 48), 0.25))
+
+
+def test_patch_maps_names_the_layers_and_heads_whose_cls_row_reads_no_patch():
+    rows = torch.rand(6, 3, 5)
+    rows[:5, :, 1:] = 0.0  # layers 0-4: every head keeps all its attention on the CLS token
+    rows[5, 1, 1:] = 0.0  # and one head of the last layer
+    with pytest.raises(AttentionValueError) as error:
+        patch_maps(rows, num_prefix_tokens=1, grid=(2, 2))
+    assert "the CLS row of layers 0-4 (every head); layer 5, head 1 puts all" in str(error.value)
+    assert "none on any patch" in str(error.value)
