@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,7 +138,8 @@ def cls_patch_maps(
         grid: patch grid (grid_h, grid_w), with grid_h * grid_w = N - num_prefix_tokens.
 
     Returns:
-        (batch, grid_h, grid_w) float32, each map sums to 1.
+        (batch, grid_h, grid_w) float32, each map sums to 1; NaN where a head's CLS row
+        reads no patch (a local block's CLS token that reads only itself).
     """
     cls_to_patches = attention[:, :, 0, num_prefix_tokens:]
     cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
@@ -248,7 +250,7 @@ def score_arrays(
         fractions = mask_fractions(masks[chunk], grid)
         correct.append(logits.argmax(dim=1).numpy() == labels[chunk])
         masses.append(torch.stack([mass_on_mask(m, fractions) for m in maps]).numpy())
-        hits.append(torch.stack([pointing_hits(m, fractions) for m in maps]).numpy())
+        hits.append(torch.stack([_hits_where_read(m, fractions) for m in maps]).numpy())
         if markers is not None:
             marker_fractions = mask_fractions(markers[chunk], grid)
             marker_masses.append(
@@ -281,6 +283,18 @@ def layer_maps(model: torch.nn.Module, images: np.ndarray) -> tuple[torch.Tensor
         logits = model(to_model_input(images, model))
     maps = torch.stack([cls_patch_maps(a, model.num_prefix_tokens, grid) for a in attention])
     return maps, logits
+
+
+def _hits_where_read(maps: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """(batch,) float pointing hits; NaN for a map whose CLS row read no patch (a NaN map,
+    as ``cls_patch_maps`` gives it), which has no peak."""
+    unread = torch.isnan(maps).flatten(1).any(dim=1)
+    return pointing_hits(maps, fractions).float().masked_fill(unread, float("nan"))
+
+
+def _cell(value: float) -> str:
+    """A table number; "no read" where a layer's CLS row read no patch (NaN)."""
+    return "no read" if math.isnan(value) else f"{value:.3f}"
 
 
 def _mean_per_layer(chunks: list[np.ndarray]) -> list[float]:
@@ -344,11 +358,11 @@ def per_layer_table(rows: list[Row]) -> str:
             zip(s.mass_per_layer, s.pointing_per_layer, strict=True)
         ):
             marker = (
-                "" if s.marker_mass_per_layer is None else f"{s.marker_mass_per_layer[layer]:.3f}"
+                "" if s.marker_mass_per_layer is None else _cell(s.marker_mass_per_layer[layer])
             )
             lines.append(
-                f"| `{row.model_name}` | {row.images} | {layer} | {mass:.3f} | {pointing:.3f} "
-                f"| {marker} |"
+                f"| `{row.model_name}` | {row.images} | {layer} | {_cell(mass)} | "
+                f"{_cell(pointing)} | {marker} |"
             )
     return "\n".join(lines)
 
@@ -431,7 +445,7 @@ def stress_per_layer_table(rows: list[StressRow]) -> str:
     for row in rows:
         s = row.scores
         for measure, values in (("mass", s.mass_per_layer), ("pointing", s.pointing_per_layer)):
-            cells = " | ".join(f"{value:.3f}" for value in values)
+            cells = " | ".join(_cell(value) for value in values)
             lines.append(f"| `{row.model_name}` | {row.split.name} | {measure} | {cells} |")
     return "\n".join(lines)
 

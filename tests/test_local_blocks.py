@@ -171,3 +171,19 @@ def test_a_model_whose_early_cls_rows_read_no_patch_is_refused_by_layer():
     loaded = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", 0),)))
     with pytest.raises(AttentionValueError, match=r"the CLS row of layers 0-4 \(every head\)"):
         Probe(loaded, rollout=None)(make_sample(0, split="test").image)
+
+
+def test_the_evaluation_tables_say_no_read_for_layers_whose_cls_row_reads_no_patch(monkeypatch):
+    monkeypatch.setattr(evaluation, "WEIGHTS_OVERRIDES", {})
+    monkeypatch.setattr(evaluation, "ARCHITECTURES", {zoo.FAITHFUL_MODEL: {"local_radius": 0}})
+    images, labels, masks = make_batch(range(4), split="val", shortcut=False)
+    scores = evaluation.score_arrays(
+        evaluation.load_model(zoo.FAITHFUL_MODEL), images, labels, masks
+    )
+    assert all(np.isnan(scores.mass_per_layer[:-1])) and all(
+        np.isnan(scores.pointing_per_layer[:-1])
+    )
+    assert not np.isnan(scores.mass_per_layer[-1]) and not np.isnan(scores.pointing_per_layer[-1])
+    row = evaluation.Row(zoo.FAITHFUL_MODEL, marked=False, scores=scores)
+    lines = evaluation.per_layer_table([row]).splitlines()[2:]
+    assert [line.count("no read") for line in lines] == [2, 2, 2, 2, 2, 0]
