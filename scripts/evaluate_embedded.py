@@ -88,7 +88,8 @@ ARCHITECTURES: dict[str, dict[str, object]] = {}
 
 def load_model(model_name: str) -> torch.nn.Module:
     """A shipped model through timm by name, with its packaged weights or, where
-    ``WEIGHTS_OVERRIDES`` names a file for it, with that file's."""
+    ``WEIGHTS_OVERRIDES`` names a file for it, with that file's, built with the
+    architecture keywords ``ARCHITECTURES`` holds for it (``use_faithful_options``)."""
     override = WEIGHTS_OVERRIDES.get(model_name)
     architecture = ARCHITECTURES.get(model_name, {})
     if override is None:
