@@ -55,6 +55,9 @@ class CLSAttention:
         prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens (a
             list of L (H_l,) tensors for a ragged model).
         record: the record every check on this image is added to.
+        layer_blocks: the index in ``model.blocks`` of each layer, e.g. (5,) for a model
+            whose blocks 0-4 are left out (their CLS token reads no patch); None when a layer
+            is not one of ``model.blocks`` or the maps did not come from a model.
         strict_masks: whether checks fail (instead of warning) when a mask covers more than
             half of the image or a passing value is below chance.
     """
@@ -72,7 +75,8 @@ class CLSAttention:
         baselines: Any = None,
         strict_masks: bool = False,
         rollout_source: Callable[[], torch.Tensor | None] | None = None,
-        randomiser: Callable[[int], torch.Tensor] | None = None,
+        randomiser: Any = None,
+        layer_blocks: tuple[int, ...] | None = None,
     ) -> None:
         self.ragged = isinstance(maps, (list, tuple))
         self._maps = maps
@@ -90,10 +94,11 @@ class CLSAttention:
         self._masks: dict[Any, ResolvedMask] = {}
         # (source, label ids) -> (name, input-resolution mask), read once per source.
         self._inputs: dict[Any, tuple[str, torch.Tensor]] = {}
-        # first_block -> (L, H, h, w) maps with blocks first_block.. re-initialised; see
-        # pytest_vitattn.sanity (the cascading randomisation check).
+        # A sanity.Randomiser (the cascading randomisation check), or None; the maps it
+        # made, first_block -> (L, H, h, w), are kept below.
         self.randomiser = randomiser
         self.randomised_maps: dict[int, torch.Tensor] = {}
+        self.layer_blocks = layer_blocks
 
     @property
     def maps(self) -> torch.Tensor:
@@ -162,6 +167,9 @@ class CLSAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
         resolved = _resolve_index(index, self.num_layers, "layer")
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
+        blocks = self.layer_blocks
+        if blocks is not None and blocks[resolved] != resolved:  # blocks left out
+            label += f" (block {blocks[resolved]})"
         return LayerAttention(self, self.layer_maps[resolved], label, index=resolved)
 
     @user_facing
@@ -175,7 +183,8 @@ class CLSAttention:
                 "attention rollout was not computed for this probe: it was switched off "
                 "(probe with rollout='mean', or --vitattn-rollout=mean), or the model has no "
                 "square self-attention to chain in every layer (CaiT, XCiT, attention pooling, "
-                "and PiT and MViTv2, whose token count changes between layers)"
+                "PiT and MViTv2, whose token count changes between layers, and models with "
+                "blocks the plugin leaves out because their CLS token reads no patch)"
             )
         resolved = _resolve_index(layer, self.num_layers, "layer")
         return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")

@@ -43,8 +43,9 @@ def patch_maps(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]
             f"the CLS row of {_positions_text(unread)} puts all its attention on prefix tokens "
             "(the CLS token itself, distillation or register tokens) and none on any patch, "
             "so there is no map over the patches to normalise there. A block whose attention "
-            "mask keeps the CLS token from the patches gives such rows; the plugin reads a map "
-            "from every block's CLS row, so a model with such blocks is not supported"
+            "mask keeps the CLS token from the patches gives such rows; the plugin leaves out "
+            "such blocks when they are pytest_vitattn.zoo.MaskedBlock (whose fixed mask it can "
+            "read), and refuses other blocks that do this"
         )
     return (patches / total).reshape(*rows.shape[:-1], height, width)
 

@@ -217,7 +217,7 @@ class Probe:
             rollout,
             shares,
             rollout_source=None if later is None else later.source,
-            randomiser=lambda first_block: self._randomised_maps(display, first_block, maps),
+            randomiser=self._randomiser(display, maps),
         )
 
     def _ragged_result(
@@ -249,7 +249,7 @@ class Probe:
             None,
             shares,
             rollout_source=None,
-            randomiser=lambda _first_block: self._refuse_ragged_randomisation(),
+            randomiser=self._ragged_randomiser(),
         )
 
     def _record_and_result(
@@ -313,48 +313,52 @@ class Probe:
             strict_masks=self.context.strict_masks,
             rollout_source=None if rollout_source is None else rollout_source(index, record),
             randomiser=randomiser,
+            layer_blocks=self.loaded.anatomy.layer_blocks,
         )
 
-    def _refuse_ragged_randomisation(self) -> torch.Tensor:
-        from pytest_vitattn.errors import AttentionValueError
+    def _ragged_randomiser(self) -> Any:
+        from pytest_vitattn import sanity
 
-        raise AttentionValueError(
+        return sanity.Randomiser.refusing(
             f"the cascading randomisation check re-initialises model.blocks, but "
             f"{self.loaded.spec.name} attends over a different grid in different stages "
             "(no single 'blocks' list): not supported for this model"
         )
 
-    def _randomised_maps(
-        self, display: torch.Tensor, first_block: int, maps: torch.Tensor
-    ) -> torch.Tensor:
-        """(L, H, h, w) maps of ``display`` (3, h, w) with blocks ``first_block``.. of the
-        model re-initialised (``sanity.randomised_copy``, cached per model)."""
+    def _randomiser(self, display: torch.Tensor, maps: torch.Tensor) -> Any:
+        """A ``sanity.Randomiser`` of ``display`` (3, h, w), whose trained maps are ``maps``
+        (L, H, h, w): it re-extracts with blocks ``first_block``.. of a copy re-initialised
+        (``sanity.randomised_copy``, cached per model)."""
         from pytest_vitattn import sanity
-        from pytest_vitattn.errors import AttentionValueError
 
         model = self.loaded.model
         blocks = getattr(model, "blocks", None)
-        if blocks is None or len(blocks) != maps.shape[0]:
-            found = "no 'blocks'" if blocks is None else f"{len(blocks)} blocks"
-            raise AttentionValueError(
+        layer_blocks = self.loaded.anatomy.layer_blocks
+        if blocks is None or layer_blocks is None:
+            found = "no 'blocks'" if blocks is None else "attention layers outside its blocks"
+            return sanity.Randomiser.refusing(
                 f"the cascading randomisation check re-initialises model.blocks, but "
-                f"{self.loaded.spec.name} has {found} for {maps.shape[0]} attention layers "
-                "(class attention or attention pooling): not supported for this model"
+                f"{self.loaded.spec.name} has {found} for its {maps.shape[0]} attention "
+                "layer(s) (class attention or attention pooling): not supported for this model"
             )
-        randomised = sanity.randomised_copy(model, first_block)
-        pixels = self.preprocessing.normalise(display[None])
-        extraction = extract_cls_attention(
-            randomised,
-            pixels.to(next(model.parameters()).device),
-            method=self.extraction,
-            rollout_fusion=None,
-            query_index=self.query_index,
-            anatomy=self.loaded.anatomy,
-        )
-        rows = extraction.rows[0].cpu()
-        check_finite(rows, "the CLS attention of the randomised model")
-        layout = extraction.layout
-        return patch_maps(rows, layout.num_prefix_tokens, layout.grid)
+
+        def maps_from(first_block: int) -> torch.Tensor:
+            randomised = sanity.randomised_copy(model, first_block)
+            pixels = self.preprocessing.normalise(display[None])
+            extraction = extract_cls_attention(
+                randomised,
+                pixels.to(next(model.parameters()).device),
+                method=self.extraction,
+                rollout_fusion=None,
+                query_index=self.query_index,
+                anatomy=self.loaded.anatomy,
+            )
+            rows = extraction.rows[0].cpu()
+            check_finite(rows, "the CLS attention of the randomised model")
+            layout = extraction.layout
+            return patch_maps(rows, layout.num_prefix_tokens, layout.grid)
+
+        return sanity.Randomiser(layer_blocks, len(blocks), maps_from)
 
     def _record_id(self, image_label: str) -> str:
         base = f"{self.context.nodeid}::{image_label}"

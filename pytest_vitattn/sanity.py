@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,24 +71,54 @@ class Randomisation:
         }
 
 
-def first_randomised_block(layer: int, blocks: int, num_blocks: int) -> int:
-    """The lowest block to re-initialise so that ``blocks`` blocks up to ``layer`` change.
+@dataclass(frozen=True)
+class Randomiser:
+    """How a probe re-extracts one image with its model's top blocks re-initialised.
+
+    Attributes:
+        layer_blocks: the index in ``model.blocks`` of each layer read, e.g. (0, ..., 5),
+            or (5,) for a model whose blocks 0-4 are not read.
+        num_blocks: ``len(model.blocks)``.
+        maps_from: first_block -> (L, H, grid_h, grid_w) maps of the image with blocks
+            ``first_block``.. re-initialised.
+        unsupported: why this model cannot be checked (then the fields above are unused).
+    """
+
+    layer_blocks: tuple[int, ...]
+    num_blocks: int
+    maps_from: Callable[[int], torch.Tensor]
+    unsupported: str = ""
+
+    @classmethod
+    def refusing(cls, why: str) -> Randomiser:
+        """A randomiser for a model the check does not support, ``why`` being the reason."""
+        return cls((), 0, _no_maps, unsupported=why)
+
+
+def _no_maps(first_block: int) -> torch.Tensor:
+    raise AssertionError("a refusing Randomiser makes no maps")
+
+
+def first_randomised_block(layer: int, blocks: int, layer_blocks: tuple[int, ...]) -> int:
+    """The lowest block to re-initialise so that ``blocks`` blocks up to ``layer``'s change.
 
     Args:
-        layer: the selected layer, 0..num_blocks-1.
-        blocks: how many blocks at and below ``layer`` to re-initialise (>= 1).
-        num_blocks: the model's block count.
+        layer: the selected layer, 0..len(layer_blocks)-1.
+        blocks: how many blocks at and below the layer's block to re-initialise (>= 1).
+        layer_blocks: the index in ``model.blocks`` of each layer.
 
     Raises:
         ValueError: ``blocks`` is not a positive int or reaches below block 0.
     """
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
         raise ValueError(f"blocks must be a positive int, got {blocks!r}")
-    first = layer - blocks + 1
+    top = layer_blocks[layer]
+    first = top - blocks + 1
     if first < 0:
+        where = f"layer {layer}" if top == layer else f"layer {layer} (block {top})"
         raise ValueError(
-            f"blocks={blocks} reaches below block 0: layer {layer} has only {layer + 1} "
-            f"block(s) at or below it (the model has {num_blocks})"
+            f"blocks={blocks} reaches below block 0: {where} has only {top + 1} "
+            f"block(s) at or below it"
         )
     return first
 
@@ -222,20 +253,23 @@ def randomise(attention_map: Any, blocks: int = DEFAULT_BLOCKS) -> Moved:
             "layer's head or fused heads can be re-extracted map for map; check a layer "
             "instead, e.g. attn.expect(layer=-1).depends_on_weights()"
         )
-    if parent.randomiser is None:
+    randomiser = parent.randomiser
+    if randomiser is None:
         raise AttentionValueError(
             "the cascading randomisation check re-runs the model: use the vitattn fixture or a "
             "Probe, whose CLSAttention knows its model"
         )
+    if randomiser.unsupported:
+        raise AttentionValueError(randomiser.unsupported)
     try:
-        first = first_randomised_block(attention_map.layer, blocks, parent.num_layers)
+        first = first_randomised_block(attention_map.layer, blocks, randomiser.layer_blocks)
     except ValueError as error:
         raise AttentionValueError(str(error)) from None
     maps = parent.randomised_maps.get(first)
     if maps is None:
-        maps = parent.randomiser(first)
+        maps = randomiser.maps_from(first)
         parent.randomised_maps[first] = maps
-    randomisation = Randomisation(first, parent.num_layers, maps)
+    randomisation = Randomisation(first, randomiser.num_blocks, maps)
     parent.record.randomised = randomisation.to_record()
     randomised_grid = torch.from_numpy(np.asarray(attention_map.take(maps.numpy())))
     return Moved(

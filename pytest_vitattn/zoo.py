@@ -149,6 +149,14 @@ class MaskedBlock(Block):
         super().__init__(*args, **kwargs)
         self.register_buffer("attn_mask", None, persistent=False)
 
+    def prefix_reads_no_patch(self, num_prefix_tokens: int) -> bool:
+        """Whether the mask keeps every prefix token (CLS, ...) from every patch, so that
+        the block's CLS row has no map over the patches (the plugin does not read it)."""
+        if self.attn_mask is None or num_prefix_tokens == 0:
+            return False
+        keys = self.attn_mask[:num_prefix_tokens, num_prefix_tokens:]
+        return not bool(torch.isfinite(keys).any())
+
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:

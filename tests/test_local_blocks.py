@@ -6,6 +6,7 @@ evaluation scripts build the architecture a weights file was trained with."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ import train_embedded
 from evaluate_embedded import to_model_input
 
 from pytest_vitattn import zoo
-from pytest_vitattn.errors import AttentionValueError
+from pytest_vitattn.errors import AttentionValueError, UnsupportedModelError
+from pytest_vitattn.extract.describe import describe
 from pytest_vitattn.models import ModelSpec, load_model
 from pytest_vitattn.probe import Probe
 from pytest_vitattn.synthetic import make_batch, make_sample
@@ -165,11 +167,79 @@ def test_the_evaluation_builds_the_architecture_of_the_weights_it_scores(tmp_pat
     }
 
 
-def test_a_model_whose_early_cls_rows_read_no_patch_is_refused_by_layer():
-    """Blocks that keep the CLS token to itself have no map; the refusal says which."""
+def _cls_alone_before_last(radius: int = 0):
+    """A random faithful-architecture model whose CLS token reads only itself before the
+    last block, loaded as the plugin loads it."""
     torch.manual_seed(0)
-    loaded = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", 0),)))
-    with pytest.raises(AttentionValueError, match=r"the CLS row of layers 0-4 \(every head\)"):
+    return load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", radius),)))
+
+
+@pytest.mark.parametrize("extraction", ["fast", "fx"])
+@pytest.mark.parametrize("radius", [0, 1])
+def test_blocks_whose_cls_row_reads_no_patch_are_left_out(extraction, radius):
+    """Like a class-attention model's patch blocks, blocks 0-4 have no CLS map: the plugin
+    reads block 5 alone, as layer 0, exactly as a hand computation of its CLS row."""
+    loaded = _cls_alone_before_last(radius)
+    assert loaded.anatomy.unread_blocks == (0, 1, 2, 3, 4)
+    assert loaded.anatomy.layer_blocks == (5,)
+    sample = make_sample(3, split="test")
+    attn = Probe(loaded, extraction=extraction, rollout=None)(sample.image)
+    pixels = to_model_input(np.array(sample.image)[None], loaded.model)
+    rows = _masked_cls_rows(loaded.model, pixels)
+    assert float(rows[:-1, :, 1:].abs().max()) == 0.0  # blocks 0-4: nothing on a patch
+    last = rows[-1, :, 1:] / rows[-1, :, 1:].sum(dim=-1, keepdim=True)
+    assert attn.maps.shape == (1, 3, 8, 8)
+    assert attn.layer(-1).label == "layer 0 of 0..0 (block 5)"
+    torch.testing.assert_close(attn.maps[0], last.reshape(3, 8, 8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(attn.prefix_share[0], rows[-1, :, 0], atol=1e-6, rtol=0)
+
+
+def test_rollout_is_refused_when_blocks_are_left_out():
+    """Rollout chains every block's attention; over the read blocks alone it would be wrong."""
+    loaded = _cls_alone_before_last()
+    assert not loaded.anatomy.has_rollout
+    attn = Probe(loaded, rollout="mean")(make_sample(0, split="test").image)
+    with pytest.raises(AttentionValueError, match="blocks the plugin leaves out"):
+        attn.rollout()
+
+
+def test_the_randomisation_check_counts_blocks_not_layers():
+    attn = Probe(_cls_alone_before_last(), rollout=None)(make_sample(0, split="test").image)
+    attn.expect(layer=-1).depends_on_weights(at_least=0.0)
+    assert attn.record.randomised["first_block"] == 5
+    assert attn.record.randomised["label"] == "block 5 of 0..5 re-initialised (seed 0)"
+    attn.expect(layer=0).depends_on_weights(blocks=6, at_least=0.0)
+    assert attn.record.randomised["first_block"] == 0
+    with pytest.raises(AttentionValueError, match=r"layer 0 \(block 5\) has only 6 block"):
+        attn.expect(layer=0).depends_on_weights(blocks=7)
+
+
+def test_a_model_whose_every_cls_row_reads_no_patch_is_refused():
+    model = _model(local_radius=0)
+    model.blocks[-1].attn_mask = model.blocks[0].attn_mask
+    with pytest.raises(UnsupportedModelError, match=r"every block .* keeps the CLS token"):
+        describe(model)
+
+
+def test_a_block_that_masks_the_cls_token_by_other_means_is_refused_by_layer():
+    """Only ``zoo.MaskedBlock``'s mask is read; a block that hides the patches from the CLS
+    token in its own way is read as it is, and its empty rows are refused, layer by layer."""
+
+    class OwnMask(torch.nn.Module):  # adds a mask of its own to every forward call
+        def __init__(self, block: torch.nn.Module, mask: torch.Tensor) -> None:
+            super().__init__()
+            self.inner, self.mask = block, mask
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return timm.models.vision_transformer.Block.forward(self.inner, x, self.mask)
+
+    model = _model()
+    mask = zoo.local_attention_bias((8, 8), 1, radius=0, cls_reads_patches=False)
+    for block in model.blocks[:2]:
+        block.forward = OwnMask(block, mask).forward  # still a MaskedBlock without a mask
+    spec = ModelSpec(zoo.FAITHFUL_MODEL, "random")
+    loaded = dataclasses.replace(load_model(spec), model=model, anatomy=describe(model))
+    with pytest.raises(AttentionValueError, match=r"the CLS row of layers 0-1 \(every head\)"):
         Probe(loaded, rollout=None)(make_sample(0, split="test").image)
 
 

@@ -95,6 +95,9 @@ class Anatomy:
         no_query_reason: why there is no default query, with what to do instead.
         layer_grid_rule: for models whose grid changes between layers (PiT, MViTv2):
             (model, (height, width)) -> each layer's (grid_h, grid_w); None otherwise.
+        unread_blocks: indices in ``model.blocks`` of blocks that are not read because
+            their own fixed mask keeps every prefix token from every patch
+            (``pytest_vitattn.zoo.MaskedBlock``): their CLS row has no map over the patches.
     """
 
     family: str
@@ -108,10 +111,24 @@ class Anatomy:
     grid_rule: GridRule
     no_query_reason: str = ""
     layer_grid_rule: LayerGridRule | None = None
+    unread_blocks: tuple[int, ...] = ()
 
     @property
     def num_layers(self) -> int:
         return len({site.layer for site in self.sites})
+
+    @property
+    def layer_blocks(self) -> tuple[int, ...] | None:
+        """The index in ``model.blocks`` of each layer, e.g. ``(5,)`` when only block 5 is
+        read; None when some layer is not one of ``model.blocks`` (class attention,
+        attention pooling, a transformers model)."""
+        blocks = []
+        for layer in range(self.num_layers):
+            found = {_block_index(s.module_path) for s in self.sites if s.layer == layer}
+            if len(found) != 1 or None in found:
+                return None
+            blocks.append(found.pop())
+        return tuple(blocks)  # type: ignore[arg-type]
 
     def layout(
         self, model: nn.Module, input_hw: tuple[int, int], query_index: int | None = None
@@ -163,3 +180,11 @@ class Anatomy:
                 else f"token={index} was asked for, but {model_name} has no query tokens"
             )
         return index
+
+
+def _block_index(module_path: str) -> int | None:
+    """``"blocks.5.attn"`` -> 5; None for a module outside ``blocks``."""
+    parts = module_path.split(".")
+    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -4,7 +4,8 @@ Families (see ``extract.catalog`` for the table with examples):
 
 * token self-attention with a CLS token (ViT, DeiT, DeiT-III, FlexiViT, DINOv2 and other
   register models, EVA/EVA-02, BEiT, parallel blocks): one row per block, query = CLS (or the
-  distillation / a register token when asked);
+  distillation / a register token when asked); blocks whose own fixed mask keeps the CLS
+  token from every patch (``zoo.MaskedBlock``) are left out, and rollout with them;
 * class attention (CaiT, XCiT): only the class-attention blocks, whose single query is the
   CLS token; the patch blocks before them have no CLS token in their attention;
 * attention pooling (``global_pool='map'``, e.g. SigLIP): the pooling query's attention over
@@ -18,6 +19,8 @@ Families (see ``extract.catalog`` for the table with examples):
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from torch import nn
 
@@ -124,11 +127,11 @@ def describe(model: nn.Module, *, branch: int | None = None, query_source: str =
     _check_patch_embed(model, name)
     family = _FAMILY_OF_CLASS.get(name, name.lower())
     if has_cls and query_source != "pool":
-        sites = _block_sites(model)
+        sites, unread = _without_unread_blocks(model, _block_sites(model), prefix)
         named = [("cls", 0)]
         if getattr(model, "dist_token", None) is not None:
             named.append(("dist", 1))
-        return _self_attention(family, sites, prefix, 0, tuple(named))
+        return _self_attention(family, sites, prefix, 0, tuple(named), unread_blocks=unread)
     if pool is not None:
         kind = site_kind(pool, f"{name}.attn_pool")
         if kind.queries != "latent":
@@ -210,6 +213,7 @@ def _self_attention(
     query_index: int | None,
     named: tuple[tuple[str, int], ...],
     no_query_reason: str = "",
+    unread_blocks: tuple[int, ...] = (),
 ) -> Anatomy:
     return Anatomy(
         family=family,
@@ -219,10 +223,42 @@ def _self_attention(
         fast_path=True,
         num_queries=prefix,
         named_queries=named,
-        has_rollout=True,
+        # Rollout chains every block's attention; with blocks left unread it would skip them.
+        has_rollout=not unread_blocks,
         grid_rule=patch_embed_grid,
         no_query_reason=no_query_reason,
+        unread_blocks=unread_blocks,
     )
+
+
+def _without_unread_blocks(
+    model: nn.Module, sites: tuple[AttentionSite, ...], prefix: int
+) -> tuple[tuple[AttentionSite, ...], tuple[int, ...]]:
+    """Leaves out the blocks whose own mask keeps every prefix token from every patch
+    (``zoo.MaskedBlock.prefix_reads_no_patch``), as class-attention models' patch blocks
+    are left out; the other blocks become layers 0, 1, ... in order.
+
+    Returns:
+        The sites read, and the indices of the blocks left out.
+    """
+    from pytest_vitattn.zoo import MaskedBlock
+
+    unread = tuple(
+        index
+        for index, block in enumerate(model.blocks)
+        if isinstance(block, MaskedBlock) and block.prefix_reads_no_patch(prefix)
+    )
+    if not unread:
+        return sites, ()
+    name = type(model).__name__
+    if len(unread) == len(model.blocks):
+        raise UnsupportedModelError(
+            f"every block of this {name} has a mask that keeps the CLS token from every "
+            f"patch, so no CLS row has a map over the patches"
+        )
+    kept = [site for site in sites if site.layer not in unread]
+    renumber = {layer: new for new, layer in enumerate(dict.fromkeys(s.layer for s in kept))}
+    return tuple(replace(site, layer=renumber[site.layer]) for site in kept), unread
 
 
 def _block_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
