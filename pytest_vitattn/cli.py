@@ -101,16 +101,32 @@ def main(argv: list[str] | None = None) -> int:
         heads = "/".join(str(h) for h in dict.fromkeys(attention.heads_per_layer))
         patches = grids_text(attention.grids)
         print(
-            f"vitattn: {attention.num_layers} layers x {heads} heads of "
+            f"vitattn: {_layers_text(attention)} x {heads} heads of "
             f"{attention.model_name} on {attention.image_label} ({patches}): {args.out}"
         )
         return 0
     print(
-        f"vitattn: {attention.num_layers} layers x {attention.num_heads} heads of "
+        f"vitattn: {_layers_text(attention)} x {attention.num_heads} heads of "
         f"{attention.model_name} on {attention.image_label} ({attention.grid[0]}x"
         f"{attention.grid[1]} patches): {args.out}"
     )
+    if args.rollout is not None and attention.rollout_maps is None:
+        print(
+            f"vitattn: no rollout column: rollout is not defined for {attention.model_name} "
+            "(its layers are not square self-attention over the same tokens in every block, "
+            "or the plugin leaves blocks out)"
+        )
     return 0
+
+
+def _layers_text(attention) -> str:
+    """ "12 layers", "1 layer (block 5)": the count, and the blocks when some are left out."""
+    count = attention.num_layers
+    text = f"{count} layer" + ("" if count == 1 else "s")
+    blocks = attention.layer_blocks
+    if blocks is not None and tuple(blocks) != tuple(range(count)):
+        text += f" ({'block' if count == 1 else 'blocks'} {', '.join(map(str, blocks))})"
+    return text
 
 
 if __name__ == "__main__":

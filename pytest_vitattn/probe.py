@@ -299,6 +299,7 @@ class Probe:
             prediction=self._prediction(extraction.logits, index),
             image_sha256=image_sha256,
             image_file=file_name_of(source),
+            layer_blocks=self._record_layer_blocks(),
         )
         self.context.records.append(record)
         return CLSAttention(
@@ -315,6 +316,13 @@ class Probe:
             randomiser=randomiser,
             layer_blocks=self.loaded.anatomy.layer_blocks,
         )
+
+    def _record_layer_blocks(self) -> list[int] | None:
+        """Each layer's block index when blocks were left out, else None (layer k = block k)."""
+        blocks = self.loaded.anatomy.layer_blocks
+        if blocks is None or blocks == tuple(range(len(blocks))):
+            return None
+        return list(blocks)
 
     def _ragged_randomiser(self) -> Any:
         from pytest_vitattn import sanity

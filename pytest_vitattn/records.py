@@ -94,6 +94,9 @@ class AttentionRecord:
         outcome: the test's outcome ("passed", "failed", "xfailed", ...), set after the test.
         image_sha256: SHA-256 of the image's decoded pixels (``images.content_hash``).
         image_file: the image's file name when it came from a file, else None.
+        layer_blocks: the index in ``model.blocks`` of each layer when the plugin left
+            blocks out (their CLS token reads no patch: ``zoo.MaskedBlock``), e.g. [5];
+            None when layer k is block k (or not one of ``blocks``).
     """
 
     record_id: str
@@ -117,6 +120,7 @@ class AttentionRecord:
     image_sha256: str = ""
     image_file: str | None = None
     randomised: dict[str, Any] | None = None
+    layer_blocks: list[int] | None = None
 
     @property
     def passed(self) -> bool:
@@ -158,6 +162,7 @@ class AttentionRecord:
             "outcome": self.outcome,
             "image_sha256": self.image_sha256,
             "image_file": self.image_file,
+            "layer_blocks": self.layer_blocks,
         }
         if isinstance(self.maps, list):
             data["layer_grids"] = [list(layer.shape[-2:]) for layer in self.maps]
@@ -216,6 +221,7 @@ class AttentionRecord:
             image_sha256=data.get("image_sha256", ""),
             image_file=data.get("image_file"),
             randomised=randomised,
+            layer_blocks=data.get("layer_blocks"),
         )
 
 

@@ -204,8 +204,8 @@ class TestBaselines:
         # Other pixels first: the most useful thing to say about a renamed or copied file.
         self._check_image(stored, record, shown, conclude)
         self._check_identity(stored, image_key, shown, conclude)
-        _check_comparable(stored, metadata, shown, conclude)
         model_note = self._model_note(stored, metadata)
+        _check_comparable(stored, metadata, shown, conclude, model_note)
         record.baseline = _view(stored.maps, shown, "compared", stored.metadata)
         measured = _compare(select(current), select(stored.maps))
         refuse_other_model = model_note is not None and self.model_rule == "require-same"
@@ -309,10 +309,16 @@ def _other_model_message(note: str | None, drift_message: str, nodeid: str) -> s
 
 
 def _check_comparable(
-    stored: Baseline, metadata: dict[str, Any], shown: str, conclude: _Conclusion
+    stored: Baseline,
+    metadata: dict[str, Any],
+    shown: str,
+    conclude: _Conclusion,
+    model_note: str | None,
 ) -> None:
     problems = incompatibilities(stored.metadata, metadata)
     if problems:
+        if model_note:  # the likely cause, named beside what it changed
+            problems.append(f"model: {model_note}")
         conclude.error(
             f"baseline {shown} was made under other conditions, so its maps cannot be "
             "compared:\n"

@@ -27,6 +27,8 @@ from pytest_vitattn.errors import AttentionValueError, UnsupportedModelError
 from pytest_vitattn.extract.describe import describe
 from pytest_vitattn.models import ModelSpec, load_model
 from pytest_vitattn.probe import Probe
+from pytest_vitattn.records import AttentionRecord
+from pytest_vitattn.report.views import grid_view
 from pytest_vitattn.synthetic import make_batch, make_sample
 
 
@@ -233,11 +235,11 @@ def test_a_block_that_masks_the_cls_token_by_other_means_is_refused_by_layer():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return timm.models.vision_transformer.Block.forward(self.inner, x, self.mask)
 
-    model = _model()
+    model = _model(local_radius=-1)
     mask = zoo.local_attention_bias((8, 8), 1, radius=0, cls_reads_patches=False)
     for block in model.blocks[:2]:
         block.forward = OwnMask(block, mask).forward  # still a MaskedBlock without a mask
-    spec = ModelSpec(zoo.FAITHFUL_MODEL, "random")
+    spec = ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", -1),))
     loaded = dataclasses.replace(load_model(spec), model=model, anatomy=describe(model))
     with pytest.raises(AttentionValueError, match=r"the CLS row of layers 0-1 \(every head\)"):
         Probe(loaded, rollout=None)(make_sample(0, split="test").image)
@@ -257,3 +259,21 @@ def test_the_evaluation_tables_say_no_read_for_layers_whose_cls_row_reads_no_pat
     row = evaluation.Row(zoo.FAITHFUL_MODEL, marked=False, scores=scores)
     lines = evaluation.per_layer_table([row]).splitlines()[2:]
     assert [line.count("no read") for line in lines] == [2, 2, 2, 2, 2, 0]
+
+
+def test_records_and_the_report_name_the_block_of_each_layer():
+    attn = Probe(_cls_alone_before_last(), rollout=None)(make_sample(0, split="test").image)
+    data = attn.record.to_dict()
+    assert data["layer_blocks"] == [5]
+    assert AttentionRecord.from_dict(data).layer_blocks == [5]
+    _, grid = grid_view(attn.maps.numpy(), None, attn.prefix_share.numpy(), None, [5])
+    assert [row.label for row in grid.rows] == ["layer 0 (block 5)"]
+    assert grid.caption.startswith("CLS attention, 1 layer x 3 heads")
+    assert "other blocks are left out" in grid.caption
+    # A model whose every block is read keeps plain layer names and no block list.
+    torch.manual_seed(0)
+    every = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", -1),)))
+    plain = Probe(every, rollout=None)(make_sample(0, split="test").image)
+    assert plain.record.layer_blocks is None and plain.layer(0).label == "layer 0 of 0..5"
+    _, grid = grid_view(plain.maps.numpy(), None, plain.prefix_share.numpy())
+    assert [row.label for row in grid.rows] == [f"layer {k}" for k in range(6)]

@@ -513,7 +513,7 @@ def record_view(
     checks = [_check_view(check) for check in record.get("checks") or []]
     heads = [len(layer) for layer in maps] if isinstance(maps, list) else len(maps[0])
     judged = _judged_maps(record.get("checks") or [], len(maps), heads)
-    sheets, grid = grid_view(maps, rollout, prefix_share, judged)
+    sheets, grid = grid_view(maps, rollout, prefix_share, judged, record.get("layer_blocks"))
     stack = _grid_stack(maps, rollout)
     # pytest's text, unless it only repeats a failed check's message (shown with the check).
     repeated = {f"AssertionError: {c.message}".strip() for c in checks if c.status == "failed"}
@@ -731,6 +731,7 @@ def grid_view(
     rollout: np.ndarray | None,
     prefix_share: np.ndarray | list[np.ndarray],
     judged: dict[tuple[int, int], str] | None = None,
+    layer_blocks: list[int] | None = None,
 ) -> tuple[dict[str, SheetView], GridView]:
     """The grid of one record and the sprites its cells show.
 
@@ -742,6 +743,8 @@ def grid_view(
         prefix_share: (layers, heads) share of attention on prefix tokens (a list of
             (heads_l,) arrays for per-layer maps), or empty.
         judged: (layer, column) -> "failed" | "passed" for maps that checks used.
+        layer_blocks: each layer's block index when the plugin left blocks out (rows are
+            then named "layer 0 (block 5)"), or None.
     """
     judged = judged or {}
     stack = _grid_stack(maps, rollout)
@@ -788,11 +791,17 @@ def grid_view(
         )
         # Layers with their own map size set their own cell and sprite sizes.
         row_style = "" if sheet.uniform else _cell_style(sheet, grid_h, grid_w, zoom)
-        rows.append(GridRow(f"layer {layer}", f"layer {layer}{share}", cells, row_style))
+        name = f"layer {layer}"
+        if layer_blocks is not None and len(layer_blocks) == layers:
+            name += f" (block {layer_blocks[layer]})"
+        rows.append(GridRow(name, f"{name}{share}", cells, row_style))
+    layer_count = f"{layers} layer" + ("" if layers == 1 else "s")
     caption = (
-        f"CLS attention, {layers} layers x {heads} heads; under each map its peak in "
+        f"CLS attention, {layer_count} x {heads} heads; under each map its peak in "
         "multiples of uniform attention (1x = every patch equal)"
     )
+    if layer_blocks is not None and len(layer_blocks) == layers:
+        caption += "; the model's other blocks are left out (their CLS token reads no patch)"
     if len(set(heads_of)) > 1:
         caption = (
             f"CLS attention, {layers} layers x "
