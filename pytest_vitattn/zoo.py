@@ -42,8 +42,9 @@ MODEL_NAMES: tuple[str, ...] = (FAITHFUL_MODEL, SHORTCUT_MODEL, BRIGHTNESS_MODEL
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # The faithful model's architecture, as its shipped weights were trained (their recipe's
-# ``local_radius`` and ``local_cls_reads_patches``): -1, every block attends globally.
-FAITHFUL_LOCAL_RADIUS = -1
+# ``local_radius`` and ``local_cls_reads_patches``): before the last block every patch reads
+# only itself and the CLS token only itself (-1 would be: every block attends globally).
+FAITHFUL_LOCAL_RADIUS = 0
 FAITHFUL_CLS_READS_PATCHES = False
 
 # Synthetic pixels span the whole [0, 255] range, so a symmetric normalisation is enough.

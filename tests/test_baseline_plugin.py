@@ -1,7 +1,9 @@
 """Attention baselines as users run them, through pytester.
 
-The model is the shipped architecture (64 x 64 input, 6 layers x 3 heads, 8 x 8 grid) with
-seeded random weights saved to files, so baselines are made and broken offline in seconds.
+The model is the shipped architecture built with global attention in every block
+(``local_radius=-1``: 64 x 64 input, 6 read layers x 3 heads, 8 x 8 grid; the shipped default
+has local blocks and is read as one layer) with seeded random weights saved to files, so
+baselines are made and broken offline in seconds.
 Random-init attention is almost uniform, so the query/key weights are scaled up to give
 peaked maps that differ between seeds as trained models' maps do.
 """
@@ -18,6 +20,10 @@ from pytest_vitattn.baseline import safe_name
 from pytest_vitattn.images import content_hash, load_image
 
 ARCH = "vitattn_tiny_shapes"
+# Every block global, so the plugin reads all 6 (it leaves the default's local blocks 0-4
+# out); the weights are saved from, and loaded into, this architecture.
+LOCAL_RADIUS = -1
+ARCH_KWARGS = f"--vitattn-model-kwargs=local_radius={LOCAL_RADIUS}"
 # Baselines of in-memory images are named by the hash of their pixels (see baseline.image_key).
 IMAGE_NAME = baseline.image_key(
     None, content_hash(load_image(synthetic.make_sample(0, split="test").image))
@@ -48,7 +54,7 @@ def save_sharp_weights(path: Path, name: str, seed: int) -> Path:
     import pytest_vitattn.zoo  # noqa: F401  (registers the shipped architecture)
 
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False)
+    model = timm.create_model(name, pretrained=False, local_radius=LOCAL_RADIUS)
     with torch.no_grad():
         # x8: the faithful model's convolutional stem makes random tokens alike, and x4
         # left its maps beyond layer 0 nearly uniform (3 of 18 maps differed between seeds).
@@ -60,7 +66,7 @@ def save_sharp_weights(path: Path, name: str, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> dict[str, Path]:
-    """Two weight files of the shipped architecture: "a" and "b" (other seed)."""
+    """Two weight files of the shipped architecture built global: "a" and "b" (other seed)."""
     folder = tmp_path_factory.mktemp("weights")
     return {
         key: save_sharp_weights(folder / f"{key}.safetensors", ARCH, seed)
@@ -81,6 +87,7 @@ def run(pytester, weights_file: Path, *args: str, model: str = ARCH):
         "-p",
         "no:cacheprovider",
         f"--vitattn-model={model}",
+        *([ARCH_KWARGS] if model == ARCH else []),
         f"--vitattn-weights={weights_file}",
         *args,
     )
@@ -156,6 +163,7 @@ def test_the_same_run_writes_byte_identical_baselines_even_in_another_process(bi
         "-p",
         "no:cacheprovider",
         f"--vitattn-model={ARCH}",
+        ARCH_KWARGS,
         f"--vitattn-weights={weights['a']}",
         "--vitattn-missing-baselines=write",
     )
@@ -168,10 +176,11 @@ def test_probing_the_same_image_twice_gives_bitwise_equal_maps(weights):
     from pytest_vitattn.models import ModelSpec, load_model
 
     image = synthetic.make_sample(0, split="test").image
-    first = Probe(load_model(ModelSpec(ARCH, str(weights["a"]))))(image)
-    again = Probe(load_model(ModelSpec(ARCH, str(weights["a"]))))(image)
-    batch = Probe(load_model(ModelSpec(ARCH, str(weights["a"]))))([image, image])
-    batch_again = Probe(load_model(ModelSpec(ARCH, str(weights["a"]))))([image, image])
+    spec = ModelSpec(ARCH, str(weights["a"]), kwargs=(("local_radius", LOCAL_RADIUS),))
+    first = Probe(load_model(spec))(image)
+    again = Probe(load_model(spec))(image)
+    batch = Probe(load_model(spec))([image, image])
+    batch_again = Probe(load_model(spec))([image, image])
     assert first.maps.numpy().tobytes() == again.maps.numpy().tobytes()
     for index in range(2):
         assert batch[index].maps.numpy().tobytes() == batch_again[index].maps.numpy().tobytes()
@@ -398,6 +407,7 @@ def test_random(vitattn):
         "-p",
         "no:cacheprovider",
         f"--vitattn-model={ARCH}",
+        ARCH_KWARGS,
         "--vitattn-weights=random",
         "test_random.py",
     )
@@ -621,6 +631,24 @@ def test_looks_where_it_did(vitattn):
 """
 
 
+def _read_blocks(name: str) -> list[int]:
+    """Blocks of the shipped model ``name`` whose CLS token reads a patch (no mask, or one
+    that leaves some CLS-to-patch entry finite): the blocks the plugin reads as layers."""
+    import timm
+    import torch
+
+    import pytest_vitattn.zoo  # noqa: F401  (registers the shipped architecture)
+
+    model = timm.create_model(name, pretrained=False)
+    prefix = model.num_prefix_tokens
+    return [
+        index
+        for index, block in enumerate(model.blocks)
+        if getattr(block, "attn_mask", None) is None
+        or bool(torch.isfinite(block.attn_mask[:prefix, prefix:]).any())
+    ]
+
+
 @pytest.mark.skipif(not _shipped_weights_exist(), reason="the shipped weights are not trained yet")
 def test_a_baseline_of_the_faithful_model_fails_the_shortcut_model(pytester, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
@@ -629,14 +657,19 @@ def test_a_baseline_of_the_faithful_model_fails_the_shortcut_model(pytester, mon
     faithful = (*base, "--vitattn-model=vitattn_tiny_shapes")
     pytester.runpytest(*faithful, "--vitattn-missing-baselines=write").assert_outcomes(passed=1)
     pytester.runpytest(*faithful).assert_outcomes(passed=1)
+    # The faithful model's local blocks 0-4 are left out, so it is read as one layer (block
+    # 5) and the shortcut model as six: the maps cannot be compared, and the model is named.
+    read_faithful = _read_blocks("vitattn_tiny_shapes")
+    read_shortcut = _read_blocks("vitattn_tiny_shapes_shortcut")
+    assert read_faithful == [5] and read_shortcut == list(range(6))
     result = pytester.runpytest(*base, "--vitattn-model=vitattn_tiny_shapes_shortcut")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E * baseline made with other weights: this run uses vitattn_tiny_shapes_shortcut *",
-            "E * attention drifted from its baseline in layer 5 of 0..5, mean of 3 heads "
-            "(tolerance: js <= 0.02); the baseline was made with another model or weights:",
-            "E *model: this run uses vitattn_tiny_shapes_shortcut (weights: pretrained, *); "
+            "E *BaselineError: baseline vitattn_baselines/test_shipped/test_looks_where_it_did/"
+            "* was made under other conditions, so its maps cannot be compared:",
+            f"E *   - layers: baseline {len(read_faithful)}, this run {len(read_shortcut)}",
+            "E *   - model: this run uses vitattn_tiny_shapes_shortcut (weights: pretrained, *); "
             "the baseline was made with vitattn_tiny_shapes (weights: pretrained, *)",
         ]
     )

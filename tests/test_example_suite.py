@@ -69,5 +69,13 @@ def test_stored_baselines_pass_the_faithful_model_and_fail_the_shortcut(
     else:
         assert completed.returncode == 1
         assert not any(check["passed"] for check in checks)
-        assert "baseline made with other weights" in completed.stdout
-        assert "attention drifted from its baseline" in completed.stdout
+        # The shortcut model reads six layers where the faithful one reads one (block 5):
+        # the error names that and the model that caused it.
+        errors = [
+            line
+            for line in completed.stdout.splitlines()
+            if line.startswith("E ") and "was made under other conditions" in line
+        ]
+        assert len(errors) == 6, completed.stdout[-3000:]
+        assert "- layers: baseline 1, this run 6" in completed.stdout
+        assert f"- model: this run uses {model}" in completed.stdout

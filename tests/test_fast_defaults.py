@@ -12,6 +12,9 @@ from pytest_vitattn.probe import Probe
 from pytest_vitattn.threads import probe_threads, torch_threads, usable_cores
 
 SHIPPED = "vitattn_tiny_shapes"
+# 6 global layers, which rollout chains and a shared probe reads: the shipped default is read
+# as one layer (block 5; its local blocks 0-4 are left out) and has no rollout.
+GLOBAL_MODEL = "vitattn_tiny_shapes_brightness"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_threads_are_restored_when_the_probe_fails():
 
 
 def test_lazy_rollout_costs_nothing_until_asked_and_equals_the_eager_one():
-    loaded = load_model(ModelSpec(SHIPPED))
+    loaded = load_model(ModelSpec(GLOBAL_MODEL))
     forwards = _count_forwards(loaded)
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4))
     eager = Probe(loaded)(image)
@@ -87,7 +90,7 @@ def test_lazy_rollout_costs_nothing_until_asked_and_equals_the_eager_one():
 
 
 def test_a_lazy_batch_shares_one_rollout_forward():
-    loaded = load_model(ModelSpec(SHIPPED))
+    loaded = load_model(ModelSpec(GLOBAL_MODEL))
     forwards = _count_forwards(loaded)
     first, second = Probe(loaded, eager_rollout=False)([torch.rand(3, 64, 64)] * 2)
     first.rollout()
@@ -112,14 +115,15 @@ def test_the_plugin_computes_rollout_only_for_the_report_or_on_request(pytester)
             assert attn.rollout(-1).grid.shape == (8, 8)
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--vitattn-report=r/report.html")
+    model = f"--vitattn-model={GLOBAL_MODEL}"
+    pytester.runpytest("-p", "no:cacheprovider", model).assert_outcomes(passed=2)
+    result = pytester.runpytest("-p", "no:cacheprovider", model, "--vitattn-report=r/report.html")
     result.assert_outcomes(passed=2)
     records = json.loads((pytester.path / "r" / "results.json").read_text())["records"]
     assert [record["rollout"] is not None for record in records] == [True, True]
 
 
-SHARED = """
+SHARED = f"""
 import pytest
 import torch
 
@@ -128,7 +132,7 @@ FORWARDS = []
 
 @pytest.fixture(scope="module")
 def shared_attn(vitattn_probe):
-    probe = vitattn_probe(model="vitattn_tiny_shapes", rollout="none")
+    probe = vitattn_probe(model={GLOBAL_MODEL!r}, rollout="none")
     probe.loaded.model.register_forward_hook(lambda *_: FORWARDS.append(1))
     return probe(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
 
@@ -148,7 +152,8 @@ def test_two_models_in_one_test(vitattn):
     after = vitattn.using(model="vitattn_tiny_shapes_shortcut")(image)
     assert before.model_name == "vitattn_tiny_shapes"
     assert after.model_name == "vitattn_tiny_shapes_shortcut"
-    assert not torch.equal(before.maps, after.maps)
+    # The default is read as one layer (block 5), the shortcut model as six: compare block 5.
+    assert not torch.equal(before.maps[-1], after.maps[-1])
 """
 
 
@@ -161,7 +166,7 @@ def test_a_module_scoped_fixture_shares_one_forward_and_a_test_probes_two_models
         (record["nodeid"].split("::")[1], record["model"]["name"]) for record in records
     )
     assert owners == [
-        ("test_first", "vitattn_tiny_shapes"),  # the shared probe ran during its setup
+        ("test_first", GLOBAL_MODEL),  # the shared probe ran during its setup
         ("test_two_models_in_one_test", "vitattn_tiny_shapes"),
         ("test_two_models_in_one_test", "vitattn_tiny_shapes_shortcut"),
     ]

@@ -1,10 +1,15 @@
 """Every failure explained, on the right image: records from setup, call and teardown, with
 pytest's own text, one status per image and one counting rule.
 
-A real pytest run through pytester (the shipped model, real synthetic images) of a suite
+A real pytest run through pytester (the shipped models, real synthetic images) of a suite
 with a fixture that probes and then raises, a teardown error after a passing test, a plain
 ``assert`` on a measurement, a batch whose first image fails, an xfail, a skip after
 probing and a pass; run once serially and once with ``-n 2``.
+
+The default model's blocks 0-4 are local (their CLS token reads no patch), so the plugin
+reads it as one layer, without rollout. The batch, whose failed record the browser tests
+look at in detail, probes ``vitattn_tiny_shapes_shortcut`` instead: a trained ViT whose 6
+blocks all attend globally, so its grid has a row per layer and a rollout column.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def test_plain_assert(vitattn, files):
     assert attn.layer(-1).mean_heads().mass_in(mask) >= 0.999
 
 
+@pytest.mark.vitattn(model="vitattn_tiny_shapes_shortcut")  # 6 layers, with rollout
 def test_batch_first_fails(vitattn, files):
     (first, first_mask), (second, second_mask) = files
     attentions = vitattn([first, second])

@@ -2,10 +2,12 @@
 a real browser.
 
 The suite below runs in subprocesses (as pytester's ``runpytest_subprocess`` does), shared
-by the module to keep it fast: it probes the shipped architecture with seeded weights files;
-its tests pass, fail, xfail, skip, only read maps, carry hostile names, and drift from a
-baseline made with other weights. It runs once with ``-p no:xdist`` and once with ``-n 2``
-and ``--html``; the browser tests open the first report in headless Chromium.
+by the module to keep it fast: it probes the shipped architecture built with global attention
+in every block (``local_radius=-1``: 6 read layers, so the grid has a row per layer and a
+rollout column; the shipped default has local blocks and is read as one layer) with seeded
+weights files; its tests pass, fail, xfail, skip, only read maps, carry hostile names, and
+drift from a baseline made with other weights. It runs once with ``-p no:xdist`` and once
+with ``-n 2`` and ``--html``; the browser tests open the first report in headless Chromium.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from pytest_vitattn.records import anchor, decode_array
 from pytest_vitattn.report.chromium import Chromium, find_chromium
 
 ARCH = "vitattn_tiny_shapes"
+# Every block global, so the plugin reads all 6 (it leaves the default's local blocks 0-4
+# out); the weights are saved from, and loaded into, this architecture.
+LOCAL_RADIUS = -1
 
 SUITE = """
 import os
@@ -114,8 +119,9 @@ RANK = {
 
 
 def save_sharp_weights(path: Path, seed: int) -> Path:
-    """Seeded random weights of the shipped architecture with peaked attention (the q/k
-    weights scaled up), so maps differ between seeds as trained models' maps do."""
+    """Seeded random weights of the shipped architecture built global (``LOCAL_RADIUS``)
+    with peaked attention (the q/k weights scaled up), so maps differ between seeds as
+    trained models' maps do."""
     import timm
     import torch
     from safetensors.torch import save_file
@@ -123,7 +129,7 @@ def save_sharp_weights(path: Path, seed: int) -> Path:
     import pytest_vitattn.zoo  # noqa: F401  (registers the architecture with timm)
 
     torch.manual_seed(seed)
-    model = timm.create_model(ARCH, pretrained=False)
+    model = timm.create_model(ARCH, pretrained=False, local_radius=LOCAL_RADIUS)
     with torch.no_grad():
         # x8: the faithful model's convolutional stem makes random tokens alike, and x4
         # left its maps beyond layer 0 nearly uniform (3 of 18 maps differed between seeds).
@@ -176,7 +182,11 @@ def suite_run(tmp_path_factory) -> SuiteRun:
     (folder / "test_suite.py").write_text(SUITE)
     (folder / "pytest.ini").write_text("[pytest]\n")
     env = {key: value for key, value in os.environ.items() if key != "CI"}
-    model = [f"--vitattn-model={ARCH}", f"--vitattn-weights={weights_a}"]
+    model = [
+        f"--vitattn-model={ARCH}",
+        f"--vitattn-model-kwargs=local_radius={LOCAL_RADIUS}",
+        f"--vitattn-weights={weights_a}",
+    ]
     # The baseline is made with weights a; the reported run uses b, so it drifts.
     made = run_pytest(
         folder,

@@ -149,15 +149,33 @@ def test_random_weights(vitattn):
 """
 
 
+def _read_blocks(name: str) -> list[int]:
+    """Blocks of ``name`` whose CLS token reads a patch (no mask, or one that leaves some
+    CLS-to-patch entry finite): the blocks the plugin reads, one layer each."""
+    model = timm.create_model(name)
+    prefix = model.num_prefix_tokens
+    return [
+        index
+        for index, block in enumerate(model.blocks)
+        if getattr(block, "attn_mask", None) is None
+        or bool(torch.isfinite(block.attn_mask[:prefix, prefix:]).any())
+    ]
+
+
 def test_through_the_fixture_trained_models_pass_and_random_weights_fail(pytester):
     pytester.makepyfile(test_sanity_check=SANITY_TESTS)
     result = pytester.runpytest("--vitattn-report=report.html")
     result.assert_outcomes(passed=2, failed=1)
+    # The faithful model's local blocks are left out: its last layer is its only one, the
+    # last block, and the randomisation still counts (and names) the model's blocks.
+    read = _read_blocks(zoo.FAITHFUL_MODEL)
+    last = len(read) - 1
     result.stdout.fnmatch_lines(
         [
             "*share of attention moved by re-initialising the top blocks is 0.0*, "
             "expected >= 0.250",
             "*randomised: block 5 of 0..5 re-initialised (seed 0); rank correlation*",
+            f"*selection: layer {last} of 0..{last} (block {read[-1]}), mean of 3 heads",
             f"*model: {zoo.FAITHFUL_MODEL} (weights: random, *",
         ]
     )
@@ -171,7 +189,8 @@ def test_through_the_fixture_trained_models_pass_and_random_weights_fail(pyteste
         record = by_test[name]
         (check,) = [c for c in record["checks"] if c["name"] == "depends_on_weights"]
         assert check["passed"] is passed, (name, check["value"])
-        assert record["randomised"]["maps"]["shape"] == [6, 3, 8, 8]
+        layers = len(_read_blocks(record["model"]["name"]))
+        assert record["randomised"]["maps"]["shape"] == [layers, 3, 8, 8]
     html = (pytester.path / "report.html").read_text(encoding="utf-8")
     assert html.count("Cascading randomisation") == 3
 
