@@ -82,5 +82,7 @@ def test_rollout_needs_every_block_read(vitattn):
     checks it like any map; here the plugin leaves blocks 0-4 out, and a rollout of block 5
     alone would be a wrong number, so it refuses and says why."""
     attn = vitattn(DATA / "circle_1.png")
-    with pytest.raises(AttentionValueError, match="blocks the plugin leaves out"):
+    with pytest.raises(
+        AttentionValueError, match="leaves out the blocks whose CLS token reads no patch"
+    ):
         attn.rollout()

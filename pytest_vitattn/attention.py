@@ -178,6 +178,15 @@ class CLSAttention:
         if self.rollout_maps is None and self._rollout_source is not None:
             self.rollout_maps = self._rollout_source()
             self._rollout_source = None
+        blocks = self.layer_blocks
+        if self.rollout_maps is None and blocks is not None and blocks != tuple(range(len(blocks))):
+            read = ", ".join(map(str, blocks))
+            raise AttentionValueError(
+                f"attention rollout is not defined for {self.model_name}: it chains every "
+                f"block's attention, and the plugin reads block(s) {read} only and leaves out "
+                "the blocks whose CLS token reads no patch; check a layer instead, e.g. "
+                "attn.expect(layer=-1)"
+            )
         if self.rollout_maps is None:
             raise AttentionValueError(
                 "attention rollout was not computed for this probe: it was switched off "

@@ -201,7 +201,9 @@ def test_rollout_is_refused_when_blocks_are_left_out():
     loaded = _cls_alone_before_last()
     assert not loaded.anatomy.has_rollout
     attn = Probe(loaded, rollout="mean")(make_sample(0, split="test").image)
-    with pytest.raises(AttentionValueError, match="blocks the plugin leaves out"):
+    with pytest.raises(
+        AttentionValueError, match=r"reads block\(s\) 5 only and leaves out the blocks whose CLS"
+    ):
         attn.rollout()
 
 
