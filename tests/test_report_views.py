@@ -211,6 +211,31 @@ def test_the_grid_shows_every_head_the_head_mean_and_rollout_from_one_sprite():
     assert view.location.href == "../tests/test_x.py#L3"
 
 
+@pytest.mark.parametrize(
+    ("status", "passed", "badge"),
+    [("compared", False, True), ("compared", True, False), ("written", False, False)],
+)
+def test_only_a_failed_comparison_is_marked_drifted(status, passed, badge):
+    """A missing baseline is written and fails its test, but nothing drifted."""
+    check = CheckResult(
+        "baseline",
+        0.0,
+        passed,
+        "<=",
+        0.02,
+        None,
+        "every layer and head",
+        None,
+        "",
+        details={"status": status},
+    )
+    record = make_record("t.py::test_a::a.png", "failed", 3, [check])
+    record["baseline"] = {"maps": record["maps"], "path": "b.safetensors", "status": status}
+    view = record_view(record, 0, Path("/root"), Path("/root/out"))
+    assert view.baseline.drifted is badge
+    assert view.baseline.note.startswith(status)
+
+
 def test_the_page_renders_every_record_with_its_anchor_and_run_facts(tmp_path):
     records = [make_record(f"t.py::test_{i}::a.png", "passed", i) for i in range(3)]
     run = RunInfo("pytest -q", "2030-01-01T00:00:00+00:00", str(tmp_path), installed_versions())

@@ -1007,7 +1007,12 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
         return None
     stored = decode_maps(baseline["maps"])
     checks = [c for c in record.get("checks") or [] if c.get("name") == "baseline"]
-    drifted = any(check.get("passed") is False for check in checks)
+    # Only a failed comparison is drift: a missing baseline just written fails its test too.
+    drifted = any(
+        check.get("passed") is False
+        and (check.get("details") or {}).get("status", "compared") == "compared"
+        for check in checks
+    )
     path = str(baseline.get("path", ""))
     if isinstance(maps, list) or isinstance(stored, list):
         return _per_layer_baseline_view(baseline, maps, stored, path, drifted)
