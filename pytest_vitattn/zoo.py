@@ -10,7 +10,9 @@ All three are tiny ViTs (64 x 64 input, 8 x 8 patches, CLS token, 6 blocks, 3 he
 trained by ``scripts/train_embedded.py`` on ``pytest_vitattn.synthetic`` images; the
 weights live in ``pytest_vitattn/weights`` as safetensors. ``FAITHFUL_MODEL`` embeds its
 patches with a small convolutional stem (``ConvStemPatchEmbed``), the other two with
-timm's plain 8 x 8 projection. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
+timm's plain 8 x 8 projection. ``FAITHFUL_MODEL``'s blocks 0-4 are local (``MaskedBlock``,
+``FAITHFUL_LOCAL_RADIUS``): every token reads only itself there, so the class reaches the
+CLS token only through the last block's read, the one layer the plugin reads. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
 unchanged: trained on "bright" images, where the object is always the brightest thing, it
 classifies those at 0.99 but attends to the brightest region, a subtle shortcut.
 """
@@ -235,7 +237,8 @@ def vitattn_tiny_shapes(
     """Tiny ViT trained to classify synthetic shapes; its CLS attention finds the object.
 
     ``local_radius`` >= 0 makes the blocks before the last local (``local_attention_bias``;
-    -1: every block attends globally); the defaults are the shipped weights' architecture.
+    -1: every block attends globally); the defaults are the shipped weights' architecture
+    (radius 0, the CLS token reading only itself before the last block).
     """
     model = _create(FAITHFUL_MODEL, pretrained, block_fn=MaskedBlock, **kwargs)
     if local_radius >= 0:
