@@ -216,3 +216,16 @@ def reference_rows(model, pixels: torch.Tensor, query: int, anatomy=None):
     if anatomy.layer_grid_rule is not None:
         return per_layer
     return torch.stack(per_layer, dim=1)
+
+
+def cls_reading_blocks(model: torch.nn.Module) -> list[int]:
+    """Indices of the blocks whose CLS token may read a patch, from each block's own fixed
+    mask (``attn_mask``: -inf where a query may not read a key): the blocks the plugin reads,
+    one layer each. A block without a mask reads every patch."""
+    prefix = model.num_prefix_tokens
+    return [
+        index
+        for index, block in enumerate(model.blocks)
+        if getattr(block, "attn_mask", None) is None
+        or bool(torch.isfinite(block.attn_mask[:prefix, prefix:]).any())
+    ]

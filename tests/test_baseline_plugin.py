@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from family_reference import cls_reading_blocks
 
 from pytest_vitattn import baseline, synthetic
 from pytest_vitattn.baseline import safe_name
@@ -632,21 +633,12 @@ def test_looks_where_it_did(vitattn):
 
 
 def _read_blocks(name: str) -> list[int]:
-    """Blocks of the shipped model ``name`` whose CLS token reads a patch (no mask, or one
-    that leaves some CLS-to-patch entry finite): the blocks the plugin reads as layers."""
+    """Blocks of the shipped model ``name`` that the plugin reads (``cls_reading_blocks``)."""
     import timm
-    import torch
 
     import pytest_vitattn.zoo  # noqa: F401  (registers the shipped architecture)
 
-    model = timm.create_model(name, pretrained=False)
-    prefix = model.num_prefix_tokens
-    return [
-        index
-        for index, block in enumerate(model.blocks)
-        if getattr(block, "attn_mask", None) is None
-        or bool(torch.isfinite(block.attn_mask[:prefix, prefix:]).any())
-    ]
+    return cls_reading_blocks(timm.create_model(name, pretrained=False))
 
 
 @pytest.mark.skipif(not _shipped_weights_exist(), reason="the shipped weights are not trained yet")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from family_reference import cls_reading_blocks
 
 import pytest_vitattn.zoo as zoo
 from pytest_vitattn import sanity
@@ -149,26 +150,13 @@ def test_random_weights(vitattn):
 """
 
 
-def _read_blocks(name: str) -> list[int]:
-    """Blocks of ``name`` whose CLS token reads a patch (no mask, or one that leaves some
-    CLS-to-patch entry finite): the blocks the plugin reads, one layer each."""
-    model = timm.create_model(name)
-    prefix = model.num_prefix_tokens
-    return [
-        index
-        for index, block in enumerate(model.blocks)
-        if getattr(block, "attn_mask", None) is None
-        or bool(torch.isfinite(block.attn_mask[:prefix, prefix:]).any())
-    ]
-
-
 def test_through_the_fixture_trained_models_pass_and_random_weights_fail(pytester):
     pytester.makepyfile(test_sanity_check=SANITY_TESTS)
     result = pytester.runpytest("--vitattn-report=report.html")
     result.assert_outcomes(passed=2, failed=1)
     # The faithful model's local blocks are left out: its last layer is its only one, the
     # last block, and the randomisation still counts (and names) the model's blocks.
-    read = _read_blocks(zoo.FAITHFUL_MODEL)
+    read = cls_reading_blocks(timm.create_model(zoo.FAITHFUL_MODEL))
     last = len(read) - 1
     result.stdout.fnmatch_lines(
         [
@@ -189,7 +177,7 @@ def test_through_the_fixture_trained_models_pass_and_random_weights_fail(pyteste
         record = by_test[name]
         (check,) = [c for c in record["checks"] if c["name"] == "depends_on_weights"]
         assert check["passed"] is passed, (name, check["value"])
-        layers = len(_read_blocks(record["model"]["name"]))
+        layers = len(cls_reading_blocks(timm.create_model(record["model"]["name"])))
         assert record["randomised"]["maps"]["shape"] == [layers, 3, 8, 8]
     html = (pytester.path / "report.html").read_text(encoding="utf-8")
     assert html.count("Cascading randomisation") == 3
