@@ -162,10 +162,21 @@ class CLSAttention:
             f"layers={self.num_layers}, heads={self.num_heads}, grid={self.grid})"
         )
 
+    def _left_out_note(self) -> str:
+        """Why there are fewer layers than blocks, for errors; "" when layer k is block k."""
+        blocks = self.layer_blocks
+        if blocks is None or blocks == tuple(range(len(blocks))):
+            return ""
+        read = ", ".join(map(str, blocks))
+        return (
+            f": the plugin reads block(s) {read} of {self.model_name} and leaves out the "
+            "blocks whose CLS token reads no patch"
+        )
+
     @user_facing
     def layer(self, index: int) -> LayerAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
-        resolved = _resolve_index(index, self.num_layers, "layer")
+        resolved = _resolve_index(index, self.num_layers, "layer", self._left_out_note())
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
         blocks = self.layer_blocks
         if blocks is not None and blocks[resolved] != resolved:  # blocks left out
@@ -178,14 +189,11 @@ class CLSAttention:
         if self.rollout_maps is None and self._rollout_source is not None:
             self.rollout_maps = self._rollout_source()
             self._rollout_source = None
-        blocks = self.layer_blocks
-        if self.rollout_maps is None and blocks is not None and blocks != tuple(range(len(blocks))):
-            read = ", ".join(map(str, blocks))
+        left_out = self._left_out_note()
+        if self.rollout_maps is None and left_out:
             raise AttentionValueError(
-                f"attention rollout is not defined for {self.model_name}: it chains every "
-                f"block's attention, and the plugin reads block(s) {read} only and leaves out "
-                "the blocks whose CLS token reads no patch; check a layer instead, e.g. "
-                "attn.expect(layer=-1)"
+                f"attention rollout is not defined here, as it chains every block's "
+                f"attention{left_out}; check a layer instead, e.g. attn.expect(layer=-1)"
             )
         if self.rollout_maps is None:
             raise AttentionValueError(
@@ -195,7 +203,7 @@ class CLSAttention:
                 "PiT and MViTv2, whose token count changes between layers, and models with "
                 "blocks the plugin leaves out because their CLS token reads no patch)"
             )
-        resolved = _resolve_index(layer, self.num_layers, "layer")
+        resolved = _resolve_index(layer, self.num_layers, "layer", self._left_out_note())
         return AttentionMap(self, self.rollout_maps[resolved], f"rollout to layer {resolved}")
 
     @user_facing
@@ -514,12 +522,12 @@ def _taker(
     return lambda maps: fuse_heads(torch.from_numpy(maps[layer]), fusion, dim=0).numpy()
 
 
-def _resolve_index(index: int, size: int, what: str) -> int:
+def _resolve_index(index: int, size: int, what: str, note: str = "") -> int:
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
         raise TypeError(f"{what} index must be an int, got {type(index).__name__}")
     if not -size <= index < size:
         raise AttentionValueError(
-            f"{what} {index} is out of range: the model has {size} {what}s "
-            f"(0..{size - 1}, or -{size}..-1 from the end)"
+            f"{what} {index} is out of range: the model has {size} {what}"
+            f"{'' if size == 1 else 's'} (0..{size - 1}, or -{size}..-1 from the end){note}"
         )
     return int(index) % size

@@ -12,9 +12,10 @@ weights live in ``pytest_vitattn/weights`` as safetensors. ``FAITHFUL_MODEL`` em
 patches with a small convolutional stem (``ConvStemPatchEmbed``), the other two with
 timm's plain 8 x 8 projection. ``FAITHFUL_MODEL``'s blocks 0-4 are local (``MaskedBlock``,
 ``FAITHFUL_LOCAL_RADIUS``): every token reads only itself there, so the class reaches the
-CLS token only through the last block's read, the one layer the plugin reads. ``BRIGHTNESS_MODEL`` is the 0.1 faithful model,
-unchanged: trained on "bright" images, where the object is always the brightest thing, it
-classifies those at 0.99 but attends to the brightest region, a subtle shortcut.
+CLS token only through the last block's read, the one layer the plugin reads.
+``BRIGHTNESS_MODEL`` is the 0.1 faithful model, unchanged: trained on "bright" images,
+where the object is always the brightest thing, it classifies those at 0.99 but attends to
+the brightest region, a subtle shortcut.
 """
 
 from __future__ import annotations

@@ -202,7 +202,8 @@ def test_rollout_is_refused_when_blocks_are_left_out():
     assert not loaded.anatomy.has_rollout
     attn = Probe(loaded, rollout="mean")(make_sample(0, split="test").image)
     with pytest.raises(
-        AttentionValueError, match=r"reads block\(s\) 5 only and leaves out the blocks whose CLS"
+        AttentionValueError,
+        match=r"rollout is not defined here, .*reads block\(s\) 5 of vitattn_tiny_shapes",
     ):
         attn.rollout()
 
@@ -216,6 +217,10 @@ def test_the_randomisation_check_counts_blocks_not_layers():
     assert attn.record.randomised["first_block"] == 0
     with pytest.raises(AttentionValueError, match=r"layer 0 \(block 5\) has only 6 block"):
         attn.expect(layer=0).depends_on_weights(blocks=7)
+    with pytest.raises(
+        AttentionValueError, match=r"the model has 1 layer \(0\.\.0, .*block\(s\) 5"
+    ):
+        attn.layer(1)
 
 
 def test_a_model_whose_every_cls_row_reads_no_patch_is_refused():
