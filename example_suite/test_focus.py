@@ -83,6 +83,6 @@ def test_rollout_needs_every_block_read(vitattn):
     alone would be a wrong number, so it refuses and says why."""
     attn = vitattn(DATA / "circle_1.png")
     with pytest.raises(
-        AttentionValueError, match="leaves out the blocks whose CLS token reads no patch"
+        AttentionValueError, match="other blocks having no CLS attention over the patches"
     ):
         attn.rollout()

@@ -169,8 +169,8 @@ class CLSAttention:
             return ""
         read = ", ".join(map(str, blocks))
         return (
-            f": the plugin reads block(s) {read} of {self.model_name} and leaves out the "
-            "blocks whose CLS token reads no patch"
+            f": the plugin reads block(s) {read} of {self.model_name} only, the model's "
+            "other blocks having no CLS attention over the patches"
         )
 
     @user_facing

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"vitattn: no rollout column: rollout is not defined for {attention.model_name} "
             "(its layers are not square self-attention over the same tokens in every block, "
-            "or the plugin leaves blocks out)"
+            "or some blocks have no CLS attention over the patches)"
         )
     return 0
 

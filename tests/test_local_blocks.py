@@ -203,7 +203,7 @@ def test_rollout_is_refused_when_blocks_are_left_out():
     attn = Probe(loaded, rollout="mean")(make_sample(0, split="test").image)
     with pytest.raises(
         AttentionValueError,
-        match=r"rollout is not defined here, .*reads block\(s\) 5 of vitattn_tiny_shapes",
+        match=r"rollout is not defined here, .*reads block\(s\) 5 of vitattn_tiny_shapes only",
     ):
         attn.rollout()
 
@@ -276,7 +276,7 @@ def test_records_and_the_report_name_the_block_of_each_layer():
     _, grid = grid_view(attn.maps.numpy(), None, attn.prefix_share.numpy(), None, [5])
     assert [row.label for row in grid.rows] == ["layer 0 (block 5)"]
     assert grid.caption.startswith("CLS attention, 1 layer x 3 heads")
-    assert "other blocks are left out" in grid.caption
+    assert "other blocks have no CLS attention over the patches" in grid.caption
     # A model whose every block is read keeps plain layer names and no block list.
     torch.manual_seed(0)
     every = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", -1),)))
@@ -284,3 +284,23 @@ def test_records_and_the_report_name_the_block_of_each_layer():
     assert plain.record.layer_blocks is None and plain.layer(0).label == "layer 0 of 0..5"
     _, grid = grid_view(plain.maps.numpy(), None, plain.prefix_share.numpy())
     assert [row.label for row in grid.rows] == [f"layer {k}" for k in range(6)]
+
+
+def test_other_models_that_read_only_some_blocks_name_them_too():
+    """ConViT's CLS token joins after its GPSA blocks, so only the MHSA blocks are read: the
+    layers name their blocks and the randomisation check counts blocks. CrossViT's layers are
+    blocks nested in multi-scale blocks, which ``model.blocks`` does not index one by one:
+    no block mapping, so no block labels and no randomisation by block."""
+    torch.manual_seed(0)
+    convit = load_model(
+        ModelSpec("convit_tiny", "random", kwargs=(("depth", 4), ("local_up_to_layer", 2)))
+    )
+    assert convit.anatomy.layer_blocks == (2, 3)
+    attn = Probe(convit, rollout=None)(make_sample(0, split="test").image)
+    assert attn.layer(0).label == "layer 0 of 0..1 (block 2)"
+    attn.expect(layer=0).depends_on_weights(blocks=2, at_least=0.0)
+    assert attn.record.randomised["label"] == "blocks 1..3 of 0..3 re-initialised (seed 0)"
+    with pytest.raises(AttentionValueError, match=r"layer 0 \(block 2\) has only 3 block"):
+        attn.expect(layer=0).depends_on_weights(blocks=4)
+    crossvit = timm.create_model("crossvit_tiny_240", pretrained=False)
+    assert describe(crossvit).layer_blocks is None

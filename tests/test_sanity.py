@@ -193,3 +193,15 @@ def test_the_randomised_maps_survive_the_record_round_trip():
     assert restored["label"] == attn.record.randomised["label"]
     # Stored as float16, like the maps themselves.
     np.testing.assert_allclose(restored["maps"], attn.record.randomised["maps"], atol=1e-3)
+
+
+def test_a_model_whose_layers_are_not_its_blocks_is_refused():
+    """CaiT's read layers are its class-attention blocks, outside ``model.blocks``: the check
+    re-initialises ``model.blocks`` and so refuses rather than re-initialise the wrong ones."""
+    torch.manual_seed(0)
+    cait = load_model(
+        ModelSpec("cait_xxs24_224", "random", kwargs=(("depth", 2), ("img_size", 64)))
+    )
+    attn = Probe(cait, rollout=None)(EXAMPLE_IMAGE)
+    with pytest.raises(AttentionValueError, match=r"attention layers outside its blocks .* not"):
+        attn.expect(layer=-1).depends_on_weights()

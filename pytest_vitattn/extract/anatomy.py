@@ -7,6 +7,7 @@ tokens and non-square inputs. ``describe`` (in ``extract.describe``) builds an `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,14 +121,16 @@ class Anatomy:
     @property
     def layer_blocks(self) -> tuple[int, ...] | None:
         """The index in ``model.blocks`` of each layer, e.g. ``(5,)`` when only block 5 is
-        read; None when some layer is not one of ``model.blocks`` (class attention,
-        attention pooling, a transformers model)."""
+        read; None unless every layer is one block of ``model.blocks`` of its own (class
+        attention, attention pooling, CrossViT's nested blocks, a transformers model)."""
         blocks = []
         for layer in range(self.num_layers):
             found = {_block_index(s.module_path) for s in self.sites if s.layer == layer}
             if len(found) != 1 or None in found:
                 return None
             blocks.append(found.pop())
+        if len(set(blocks)) != len(blocks):
+            return None
         return tuple(blocks)  # type: ignore[arg-type]
 
     def layout(
@@ -182,9 +185,12 @@ class Anatomy:
         return index
 
 
+# The attention of block N itself: "blocks.N.attn", a parallel branch "blocks.N.attns.K.attn",
+# or "blocks.N" (blocks that compute attention themselves); not blocks nested in blocks.
+_BLOCK_ATTENTION = re.compile(r"blocks\.(\d+)(?:\.attns\.\d+)?(?:\.attn)?")
+
+
 def _block_index(module_path: str) -> int | None:
-    """``"blocks.5.attn"`` -> 5; None for a module outside ``blocks``."""
-    parts = module_path.split(".")
-    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    return None
+    """``"blocks.5.attn"`` -> 5; None for a module that is not one block's attention."""
+    match = _BLOCK_ATTENTION.fullmatch(module_path)
+    return int(match.group(1)) if match else None

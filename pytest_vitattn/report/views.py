@@ -801,7 +801,7 @@ def grid_view(
         "multiples of uniform attention (1x = every patch equal)"
     )
     if layer_blocks is not None and len(layer_blocks) == layers:
-        caption += "; the model's other blocks are left out (their CLS token reads no patch)"
+        caption += "; the model's other blocks have no CLS attention over the patches"
     if len(set(heads_of)) > 1:
         caption = (
             f"CLS attention, {layers} layers x "
