@@ -28,7 +28,7 @@ from pytest_vitattn.extract.describe import describe
 from pytest_vitattn.models import ModelSpec, load_model
 from pytest_vitattn.probe import Probe
 from pytest_vitattn.records import AttentionRecord
-from pytest_vitattn.report.views import grid_view
+from pytest_vitattn.report.views import grid_view, record_view
 from pytest_vitattn.synthetic import make_batch, make_sample
 
 
@@ -277,6 +277,10 @@ def test_records_and_the_report_name_the_block_of_each_layer():
     assert [row.label for row in grid.rows] == ["layer 0 (block 5)"]
     assert grid.caption.startswith("CLS attention, 1 layer x 3 heads")
     assert "other blocks have no CLS attention over the patches" in grid.caption
+    data["baseline"] = {"maps": data["maps"], "path": "b.safetensors", "status": "compared"}
+    view = record_view(data, 0, Path("/root"), Path("/root/out"))
+    assert [row.label for row in view.grid.rows] == ["layer 0 (block 5)"]
+    assert [row.label for row in view.baseline.rows] == ["layer 0 (block 5)"]
     # A model whose every block is read keeps plain layer names and no block list.
     torch.manual_seed(0)
     every = load_model(ModelSpec(zoo.FAITHFUL_MODEL, "random", kwargs=(("local_radius", -1),)))

@@ -720,6 +720,13 @@ def _peak_title(values: np.ndarray, what: str) -> str:
     )
 
 
+def layer_name(layer: int, layer_blocks: list[int] | None) -> str:
+    """ "layer 3", or "layer 0 (block 5)" for a record whose model had blocks left out."""
+    if not layer_blocks or layer >= len(layer_blocks) or layer_blocks[layer] == layer:
+        return f"layer {layer}"
+    return f"layer {layer} (block {layer_blocks[layer]})"
+
+
 def _multiple(values: np.ndarray) -> str:
     """The map's peak in multiples of uniform attention: "0.9x", "4.2x", "37x"."""
     multiple = float(values.max()) * values.size
@@ -791,9 +798,7 @@ def grid_view(
         )
         # Layers with their own map size set their own cell and sprite sizes.
         row_style = "" if sheet.uniform else _cell_style(sheet, grid_h, grid_w, zoom)
-        name = f"layer {layer}"
-        if layer_blocks is not None and len(layer_blocks) == layers:
-            name += f" (block {layer_blocks[layer]})"
+        name = layer_name(layer, layer_blocks)
         rows.append(GridRow(name, f"{name}{share}", cells, row_style))
     layer_count = f"{layers} layer" + ("" if layers == 1 else "s")
     caption = (
@@ -990,7 +995,7 @@ def _randomised_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView |
     for layer in range(maps.shape[0]):
         rows.append(
             _baseline_row(
-                f"layer {layer}",
+                layer_name(layer, record.get("layer_blocks")),
                 layer,
                 trained_means[layer],
                 random_means[layer],
@@ -1026,7 +1031,12 @@ def _baseline_view(record: dict[str, Any], maps: np.ndarray) -> BaselineView | N
     rows = []
     for layer in range(maps.shape[0]):
         rows.append(
-            _baseline_row(f"layer {layer}", layer, current_means[layer], stored_means[layer])
+            _baseline_row(
+                layer_name(layer, record.get("layer_blocks")),
+                layer,
+                current_means[layer],
+                stored_means[layer],
+            )
         )
     status = str(baseline.get("status") or "compared")
     note = (
