@@ -55,9 +55,9 @@ class CLSAttention:
         prefix_share: (L, H) float32, share of CLS attention that went to prefix tokens (a
             list of L (H_l,) tensors for a ragged model).
         record: the record every check on this image is added to.
-        layer_blocks: the index in ``model.blocks`` of each layer, e.g. (5,) for a model
-            whose blocks 0-4 are left out (their CLS token reads no patch); None when a layer
-            is not one of ``model.blocks`` or the maps did not come from a model.
+        layer_blocks: the index in ``model.blocks`` of each layer where the plugin left
+            blocks out, e.g. (5,) for a model whose blocks 0-4 have no CLS attention over the
+            patches (``Anatomy.blocks_read``); None where layer k is block k, or unknown.
         strict_masks: whether checks fail (instead of warning) when a mask covers more than
             half of the image or a passing value is below chance.
     """
@@ -165,7 +165,7 @@ class CLSAttention:
     def _left_out_note(self) -> str:
         """Why there are fewer layers than blocks, for errors; "" when layer k is block k."""
         blocks = self.layer_blocks
-        if blocks is None or blocks == tuple(range(len(blocks))):
+        if blocks is None:
             return ""
         read = ", ".join(map(str, blocks))
         return (
@@ -178,9 +178,8 @@ class CLSAttention:
         """One layer's maps, all heads; negative indices count from the last layer."""
         resolved = _resolve_index(index, self.num_layers, "layer", self._left_out_note())
         label = f"layer {resolved} of 0..{self.num_layers - 1}"
-        blocks = self.layer_blocks
-        if blocks is not None and blocks[resolved] != resolved:  # blocks left out
-            label += f" (block {blocks[resolved]})"
+        if self.layer_blocks is not None:  # blocks left out
+            label += f" (block {self.layer_blocks[resolved]})"
         return LayerAttention(self, self.layer_maps[resolved], label, index=resolved)
 
     @user_facing

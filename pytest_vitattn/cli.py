@@ -124,7 +124,7 @@ def _layers_text(attention) -> str:
     count = attention.num_layers
     text = f"{count} layer" + ("" if count == 1 else "s")
     blocks = attention.layer_blocks
-    if blocks is not None and tuple(blocks) != tuple(range(count)):
+    if blocks is not None:
         text += f" ({'block' if count == 1 else 'blocks'} {', '.join(map(str, blocks))})"
     return text
 

@@ -299,7 +299,7 @@ class Probe:
             prediction=self._prediction(extraction.logits, index),
             image_sha256=image_sha256,
             image_file=file_name_of(source),
-            layer_blocks=self._record_layer_blocks(),
+            layer_blocks=_as_list(self.loaded.anatomy.blocks_read),
         )
         self.context.records.append(record)
         return CLSAttention(
@@ -314,15 +314,8 @@ class Probe:
             strict_masks=self.context.strict_masks,
             rollout_source=None if rollout_source is None else rollout_source(index, record),
             randomiser=randomiser,
-            layer_blocks=self.loaded.anatomy.layer_blocks,
+            layer_blocks=self.loaded.anatomy.blocks_read,
         )
-
-    def _record_layer_blocks(self) -> list[int] | None:
-        """Each layer's block index when blocks were left out, else None (layer k = block k)."""
-        blocks = self.loaded.anatomy.layer_blocks
-        if blocks is None or blocks == tuple(range(len(blocks))):
-            return None
-        return list(blocks)
 
     def _ragged_randomiser(self) -> Any:
         from pytest_vitattn import sanity
@@ -422,3 +415,7 @@ def _checked_rollout(rollout: str | None) -> str | None:
     if rollout is not None and rollout not in HEAD_FUSIONS:
         raise ValueError(f"rollout={rollout!r} must be None or one of {', '.join(HEAD_FUSIONS)}")
     return rollout
+
+
+def _as_list(values: tuple[int, ...] | None) -> list[int] | None:
+    return None if values is None else list(values)

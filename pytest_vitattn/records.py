@@ -95,8 +95,8 @@ class AttentionRecord:
         image_sha256: SHA-256 of the image's decoded pixels (``images.content_hash``).
         image_file: the image's file name when it came from a file, else None.
         layer_blocks: the index in ``model.blocks`` of each layer when the plugin left
-            blocks out (their CLS token reads no patch: ``zoo.MaskedBlock``), e.g. [5];
-            None when layer k is block k (or not one of ``blocks``).
+            blocks out (``Anatomy.blocks_read``), e.g. [5]; None when layer k is block k
+            (or not one of ``blocks``).
     """
 
     record_id: str

@@ -133,6 +133,13 @@ class Anatomy:
             return None
         return tuple(blocks)  # type: ignore[arg-type]
 
+    @property
+    def blocks_read(self) -> tuple[int, ...] | None:
+        """``layer_blocks`` where it is not simply 0, 1, 2, ... (blocks were left out, e.g.
+        ``(5,)``, or ConViT's ``(10, 11)``): what labels name; None otherwise."""
+        blocks = self.layer_blocks
+        return None if blocks is None or blocks == tuple(range(len(blocks))) else blocks
+
     def layout(
         self, model: nn.Module, input_hw: tuple[int, int], query_index: int | None = None
     ) -> TokenLayout:

@@ -722,7 +722,7 @@ def _peak_title(values: np.ndarray, what: str) -> str:
 
 def layer_name(layer: int, layer_blocks: list[int] | None) -> str:
     """ "layer 3", or "layer 0 (block 5)" for a record whose model had blocks left out."""
-    if not layer_blocks or layer >= len(layer_blocks) or layer_blocks[layer] == layer:
+    if not layer_blocks or layer >= len(layer_blocks):
         return f"layer {layer}"
     return f"layer {layer} (block {layer_blocks[layer]})"
 
